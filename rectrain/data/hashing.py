@@ -1,0 +1,122 @@
+"""Field-salted feature hashing and the fused-table layout.
+
+Every categorical field ``f`` owns ``buckets[f]`` consecutive rows of one fused
+table starting at ``offsets[f]``. Bucket 0 of a field is its missing value;
+present values hash into buckets ``1 .. buckets[f] - 1``:
+
+  row = offsets[f] + 1 + splitmix64(value XOR salt_f) mod (buckets[f] - 1)
+
+The hash is a pure function of (value, field index, buckets): stable across
+runs, processes and machines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+NUM_INT_FIELDS = 13
+NUM_CAT_FIELDS = 26
+INT_NAMES = tuple(f"I{i}" for i in range(1, NUM_INT_FIELDS + 1))
+CAT_NAMES = tuple(f"C{i}" for i in range(1, NUM_CAT_FIELDS + 1))
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+  """The splitmix64 finaliser, vectorised over a uint64 array."""
+  x = np.asarray(x, dtype=np.uint64)
+  with np.errstate(over="ignore"):
+    z = x + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def field_salt(field: int) -> np.uint64:
+  """A per-field salt, so equal raw values in two fields hash apart."""
+  return splitmix64(np.array([field + 1], dtype=np.uint64))[0]
+
+
+def hash_to_bucket(values: np.ndarray, field: int, num_buckets: int) -> np.ndarray:
+  """Hashes raw uint64 values of ``field`` into buckets ``1 .. num_buckets-1``."""
+  if num_buckets < 2:
+    raise ValueError(f"field {field}: num_buckets must be >= 2, got {num_buckets}")
+  h = splitmix64(np.asarray(values, dtype=np.uint64) ^ field_salt(field))
+  return (h % np.uint64(num_buckets - 1)).astype(np.int64) + 1
+
+
+def log1p_transform(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
+  """log1p of the value clipped at 0; a missing value maps to 0."""
+  v = np.log1p(np.maximum(values, 0).astype(np.float64)).astype(np.float32)
+  v[missing] = 0.0
+  return v
+
+
+def log_square_token(values: np.ndarray) -> np.ndarray:
+  """Criteo winners' bucketisation: floor(ln(x)^2) for x > 2, else x itself.
+
+  The result for x > 2 is offset by 2**32 so it never equals a small raw value.
+  """
+  values = np.asarray(values, dtype=np.int64)
+  big = values > 2
+  out = values.copy()
+  with np.errstate(divide="ignore", invalid="ignore"):
+    tok = np.floor(np.log(np.where(big, values, 3).astype(np.float64)) ** 2)
+  out[big] = tok[big].astype(np.int64) + (1 << 32)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldLayout:
+  """Names and bucket counts of the categorical fields of a fused table."""
+
+  names: tuple[str, ...]
+  buckets: tuple[int, ...]
+
+  def __post_init__(self):
+    if len(self.names) != len(self.buckets):
+      raise ValueError(f"{len(self.names)} field names but {len(self.buckets)} bucket sizes")
+    for name, b in zip(self.names, self.buckets):
+      if int(b) < 2:
+        raise ValueError(f"field {name}: buckets must be >= 2, got {b}")
+
+  @property
+  def offsets(self) -> np.ndarray:
+    """(F + 1,) int64 row offsets; ``offsets[-1] == num_rows``."""
+    return np.concatenate([[0], np.cumsum(np.asarray(self.buckets, dtype=np.int64))])
+
+  @property
+  def num_rows(self) -> int:
+    return int(np.sum(np.asarray(self.buckets, dtype=np.int64)))
+
+  @property
+  def num_fields(self) -> int:
+    return len(self.names)
+
+
+def make_layout(cat_buckets: int | Sequence[int], int_mode: str = "log1p",
+                int_buckets: int = 512) -> FieldLayout:
+  """The Criteo-schema layout: C1..C26, then I1..I13 if ints are categorical.
+
+  Args:
+    cat_buckets: buckets per categorical field (one int for all, or 26 ints).
+    int_mode: ``"log1p"`` (integers are dense inputs) or ``"categorical"``
+      (integers bucketised with :func:`log_square_token` and hashed).
+    int_buckets: buckets per integer field in categorical mode.
+  """
+  if isinstance(cat_buckets, (int, np.integer)):
+    cat = (int(cat_buckets),) * NUM_CAT_FIELDS
+  else:
+    cat = tuple(int(b) for b in cat_buckets)
+    if len(cat) != NUM_CAT_FIELDS:
+      raise ValueError(f"cat_buckets: expected 1 or {NUM_CAT_FIELDS} values, got {len(cat)}")
+  if int_mode == "log1p":
+    return FieldLayout(CAT_NAMES, cat)
+  if int_mode == "categorical":
+    return FieldLayout(CAT_NAMES + INT_NAMES, cat + (int(int_buckets),) * NUM_INT_FIELDS)
+  raise ValueError(f"int_mode must be 'log1p' or 'categorical', got {int_mode!r}")
