@@ -1,0 +1,128 @@
+"""The ``rectrain`` command line: thin, it parses and calls library functions.
+
+  rectrain run [CONFIG] [--arg ARG] [--set key=value ...] [--workdir DIR]
+  rectrain data stats FILE [--max-rows N]
+  rectrain synth --rows N --seed S --out FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+
+def _cmd_run(args) -> int:
+  from rectrain import configs
+  from rectrain.train.loop import train_stream
+
+  if args.config:
+    config = configs.load_config(args.config, args.arg)
+  else:
+    config = configs.default_config()
+  configs.apply_overrides(config, args.set or [])
+  workdir = args.workdir or os.path.join(
+      "runs", f"{config.model.name}_{time.strftime('%Y%m%d-%H%M%S')}")
+  summary = train_stream(config, workdir=workdir)
+  print(format_summary(summary))
+  print(f"\nrun directory: {workdir}  (config.json, metrics.jsonl, summary.json)")
+  return 0
+
+
+def format_summary(summary: dict) -> str:
+  """The result table printed at the end of a run."""
+  def fmt(v, spec):
+    if v is None:
+      return "n/a"
+    try:
+      return format(v, spec)
+    except (TypeError, ValueError):
+      return str(v)
+
+  rows = [
+      ("model", summary.get("model")),
+      ("rows", fmt(summary.get("rows"), ",d")),
+      ("AUC", fmt(summary.get("auc"), ".4f")),
+      ("log loss", fmt(summary.get("logloss"), ".4f")),
+      ("NE", fmt(summary.get("ne"), ".4f")),
+      ("PCOC", fmt(summary.get("pcoc"), ".4f")),
+      ("base rate", fmt(summary.get("base_rate"), ".4f")),
+      ("rows/s", fmt(summary.get("rows_per_sec"), ",.0f")),
+      ("wall time (s)", fmt(summary.get("wall_time_sec"), ".1f")),
+      ("parameters", fmt(summary.get("param_count"), ",d")),
+      ("skipped rows", fmt(summary.get("skipped_rows"), ",d")),
+      ("non-finite batches", fmt(summary.get("nonfinite_batches"), ",d")),
+  ]
+  var = summary.get("variation") or {}
+  for key in ("auc_std", "ne_std", "pcoc_std"):
+    if key in var and var[key] is not None:
+      rows.append((f"window {key.replace('_', ' ')}", fmt(var[key], ".4f")))
+  width = max(len(k) for k, _ in rows)
+  vwidth = max(len(str(v)) for _, v in rows)
+  line = "+" + "-" * (width + 2) + "+" + "-" * (vwidth + 2) + "+"
+  out = [line, f"| {'metric'.ljust(width)} | {'value'.rjust(vwidth)} |", line]
+  out += [f"| {k.ljust(width)} | {str(v).rjust(vwidth)} |" for k, v in rows]
+  out.append(line)
+  return "\n".join(out)
+
+
+def _cmd_data_stats(args) -> int:
+  from rectrain.data.stats import data_stats
+
+  stats = data_stats(args.file, max_rows=args.max_rows or None)
+  print(json.dumps(stats, indent=2))
+  return 0
+
+
+def _cmd_synth(args) -> int:
+  from rectrain.data.synthetic import write_tsv
+
+  write_tsv(args.out, num_rows=args.rows, seed=args.seed)
+  print(f"wrote {args.rows:,} rows to {args.out}")
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="rectrain", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  run = sub.add_parser("run", help="one streaming run from a python config")
+  run.add_argument("config", nargs="?", default=None,
+                   help="config .py file or experiment dir (default: the built-in default)")
+  run.add_argument("--arg", default=None, help="argument for get_config(arg), e.g. smoke")
+  run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+  run.add_argument("--workdir", default=None, help="run directory (default runs/<model>_<time>)")
+  run.set_defaults(func=_cmd_run)
+
+  data = sub.add_parser("data", help="data tools")
+  data_sub = data.add_subparsers(dest="data_command", required=True)
+  stats = data_sub.add_parser("stats", help="JSON statistics of a Criteo-format file")
+  stats.add_argument("file")
+  stats.add_argument("--max-rows", type=int, default=0)
+  stats.set_defaults(func=_cmd_data_stats)
+
+  synth = sub.add_parser("synth", help="write the synthetic stream as Criteo TSV")
+  synth.add_argument("--rows", type=int, required=True)
+  synth.add_argument("--seed", type=int, default=0)
+  synth.add_argument("--out", required=True)
+  synth.set_defaults(func=_cmd_synth)
+  return parser
+
+
+def main(argv=None) -> int:
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+  args = build_parser().parse_args(argv)
+  try:
+    return args.func(args)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"rectrain: error: {msg}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

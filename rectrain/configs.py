@@ -1,0 +1,170 @@
+"""The default run configuration and config loading / overriding.
+
+A run is described by one ``ml_collections.ConfigDict``. Experiment configs
+(``experiments/<name>/config.py``) start from :func:`default_config` and
+override what they study. ``--set key=value`` overrides any leaf; unknown keys
+and values of the wrong type are errors naming the key.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from typing import Sequence
+
+import ml_collections
+
+from rectrain.models import default_model_config
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The main job: DeepFM on the synthetic Criteo-schema stream, one pass."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "synthetic"   # synthetic | criteo | hf
+  c.data.path = ""              # criteo: file(s), comma separated; hf: dataset name or files
+  c.data.batch_size = 4096
+  c.data.cat_buckets = 1 << 18  # per categorical field
+  c.data.int_mode = "log1p"     # log1p (dense inputs) | categorical (bucketised ids)
+  c.data.int_buckets = 512
+  c.data.max_rows = 1_000_000   # rows to stream; 0 = the whole source
+  c.data.shuffle_buffer = 0     # 0 keeps time order
+  c.data.bad_lines = "skip"     # skip (counted) | error
+  c.data.prefetch = 4           # groups of batches prepared ahead in a background thread
+  c.data.synthetic = _synthetic_defaults()
+
+  c.model = default_model_config("deepfm")
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.dense = ml_collections.ConfigDict({"name": "adam", "learning_rate": 1e-3})
+  c.optim.sparse = ml_collections.ConfigDict(
+      {"name": "rowwise_adagrad", "learning_rate": 0.05})
+  # Per-table overrides of optim.sparse, e.g. {"linear": {"name": "ftrl", ...}}.
+  c.optim.tables = ml_collections.ConfigDict()
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps_per_dispatch = 8   # batches per jitted lax.scan
+  c.train.nonfinite = "skip"       # skip (counted) | raise
+  c.train.checkpoint_every = 0     # batches; 0 = only at the end
+  c.train.keep_checkpoints = 2
+  c.train.progress = True
+  c.train.warm_start = ml_collections.ConfigDict(
+      {"path": "", "parts": "all"})  # parts: all | embeddings | dense
+
+  c.metrics = ml_collections.ConfigDict()
+  c.metrics.window_rows = 100_000      # count windows of N rows; 0 = none
+  c.metrics.time_windows = "hour,day"  # event-time windows where the stream has time
+  c.metrics.slice_fields = ""          # e.g. "C1,C9": metrics per value of these fields
+  c.metrics.slice_top_k = 5
+  return c
+
+
+def _synthetic_defaults() -> ml_collections.ConfigDict:
+  try:
+    from rectrain.data.synthetic import default_config as synth_default
+  except ImportError:  # pragma: no cover - only while the module is absent
+    return ml_collections.ConfigDict()
+  return synth_default()
+
+
+def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Loads ``get_config(arg)`` from a python file, or from ``DIR/config.py``."""
+  if os.path.isdir(path):
+    path = os.path.join(path, "config.py")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file not found: {path}")
+  spec = importlib.util.spec_from_file_location("_rectrain_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"{path}: defines no get_config()")
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def _parse_value(text: str, old):
+  if isinstance(old, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Sequence[str]) -> ml_collections.ConfigDict:
+  """Applies ``key=value`` overrides; ``model.name=X`` resets the model section."""
+  overrides = list(overrides)
+  # Changing the model swaps its whole hyperparameter section first.
+  for item in overrides:
+    key, _, value = item.partition("=")
+    if key.strip() == "model.name":
+      config.model = default_model_config(value.strip())
+  for item in overrides:
+    if "=" not in item:
+      raise ValueError(f"override {item!r}: expected key=value")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if key == "model.name":
+      continue
+    parent = config
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+      if part not in parent:
+        raise KeyError(f"unknown config key {'.'.join(parts[:i + 1])!r} (in {key!r})")
+      parent = parent[part]
+    leaf = parts[-1]
+    if not isinstance(parent, ml_collections.ConfigDict):
+      raise KeyError(f"config key {key!r}: {'.'.join(parts[:-1])!r} is not a section")
+    if leaf not in parent:
+      if parent is config.optim.tables or _is_within(config.optim.tables, parent):
+        parent[leaf] = _parse_value(text, None)
+        continue
+      raise KeyError(f"unknown config key {key!r}")
+    old = parent[leaf]
+    value = _parse_value(text, old)
+    try:
+      parent[leaf] = value
+    except TypeError as e:
+      raise ValueError(f"config key {key!r}: cannot set {value!r} ({e})") from None
+  return config
+
+
+def _is_within(section, node) -> bool:
+  if node is section:
+    return True
+  for v in section.values():
+    if isinstance(v, ml_collections.ConfigDict) and _is_within(v, node):
+      return True
+  return False
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the values the trainer relies on; errors name the key."""
+  choices = {
+      "data.source": (config.data.source, ("synthetic", "criteo", "hf")),
+      "data.int_mode": (config.data.int_mode, ("log1p", "categorical")),
+      "data.bad_lines": (config.data.bad_lines, ("skip", "error")),
+      "train.nonfinite": (config.train.nonfinite, ("skip", "raise")),
+      "train.warm_start.parts": (config.train.warm_start.parts, ("all", "embeddings", "dense")),
+  }
+  for key, (value, allowed) in choices.items():
+    if value not in allowed:
+      raise ValueError(f"config {key}={value!r}: must be one of {allowed}")
+  positive = {
+      "data.batch_size": config.data.batch_size,
+      "train.steps_per_dispatch": config.train.steps_per_dispatch,
+      "data.prefetch": config.data.prefetch,
+  }
+  for key, value in positive.items():
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"config {key}={value!r}: must be a positive integer")
+  for key in ("data.max_rows", "train.checkpoint_every", "metrics.window_rows"):
+    value = config[key.split(".")[0]][key.split(".")[1]]
+    if not isinstance(value, int) or value < 0:
+      raise ValueError(f"config {key}={value!r}: must be an integer >= 0")
+  if config.data.source in ("criteo", "hf") and not config.data.path:
+    raise ValueError(f"config data.path is required for data.source={config.data.source!r}")

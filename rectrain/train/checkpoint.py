@@ -1,0 +1,146 @@
+"""Checkpoints (orbax) with the stream position, resume, and warm start.
+
+Layout: ``DIR/checkpoints/<batches>/state`` (orbax, the whole TrainState) and
+``DIR/checkpoints/<batches>/meta.json`` (stream position, metric state, ...).
+``meta.json`` is written last, so a checkpoint without it (a run killed while
+saving) is ignored by :func:`latest_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+def _dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def save_checkpoint(workdir: str, batches: int, state, meta: dict, keep: int = 2) -> str:
+  """Saves ``state`` and ``meta`` as checkpoint number ``batches``; keeps the last ``keep``."""
+  path = os.path.join(_dir(workdir), f"{batches:012d}")
+  if os.path.exists(path):
+    shutil.rmtree(path)
+  os.makedirs(path)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(path, "state"), state)
+  checkpointer.wait_until_finished()
+  tmp = os.path.join(path, "meta.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(meta, f)
+  os.replace(tmp, os.path.join(path, "meta.json"))
+  for old in _complete(workdir)[:-keep] if keep > 0 else []:
+    shutil.rmtree(old, ignore_errors=True)
+  return path
+
+
+def _complete(workdir: str) -> list[str]:
+  root = _dir(workdir)
+  if not os.path.isdir(root):
+    return []
+  names = sorted(n for n in os.listdir(root) if n.isdigit())
+  return [os.path.join(root, n) for n in names
+          if os.path.isfile(os.path.join(root, n, "meta.json"))]
+
+
+def latest_checkpoint(workdir: str) -> str | None:
+  """The newest complete checkpoint under ``workdir``, or None."""
+  done = _complete(workdir)
+  return done[-1] if done else None
+
+
+def restore_checkpoint(path: str, like_state) -> tuple[Any, dict]:
+  """Restores a TrainState shaped like ``like_state`` and its meta dict."""
+  if not os.path.isfile(os.path.join(path, "meta.json")):
+    raise FileNotFoundError(f"not a complete rectrain checkpoint: {path}")
+  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like_state)
+  state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"), abstract)
+  with open(os.path.join(path, "meta.json")) as f:
+    meta = json.load(f)
+  return state, meta
+
+
+def _resolve(path: str) -> str:
+  """Accepts a checkpoint dir or a run workdir (takes its latest checkpoint)."""
+  if os.path.isfile(os.path.join(path, "meta.json")):
+    return path
+  found = latest_checkpoint(path)
+  if found is None:
+    raise FileNotFoundError(f"warm start: no complete checkpoint at or under {path}")
+  return found
+
+
+def _flatten(tree) -> dict[str, Any]:
+  flat = {}
+  for keypath, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    flat[jax.tree_util.keystr(keypath)] = leaf
+  return flat
+
+
+def warm_start(state, path: str, parts: str = "all"):
+  """Copies parameters from a checkpoint into ``state`` (possibly another model).
+
+  Args:
+    state: a fresh TrainState of the new model.
+    path: a checkpoint directory or a run workdir.
+    parts: ``all`` (tables and dense parameters), ``embeddings`` (tables and
+      their row-wise optimizer state) or ``dense`` (dense parameters).
+
+  Tables are matched by name and must have the same shape. Dense parameters
+  are matched by their path in the Flax variables and copied where the shape
+  agrees (so a new architecture takes what it shares with the old one). The
+  optimizer state of dense parameters and the step counter start fresh.
+
+  Returns:
+    (new_state, report) where report counts what was copied and what not.
+  """
+  if parts not in ("all", "embeddings", "dense"):
+    raise ValueError(f"warm_start parts={parts!r}: must be all, embeddings or dense")
+  path = _resolve(path)
+  raw = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))
+  report = {"checkpoint": path, "tables": [], "dense_copied": 0, "dense_kept": 0}
+  tables, table_opt = dict(state.tables), dict(state.table_opt_state)
+  if parts in ("all", "embeddings"):
+    old_tables = raw["tables"] if isinstance(raw, dict) else raw.tables
+    old_opt = raw["table_opt_state"] if isinstance(raw, dict) else raw.table_opt_state
+    for name, table in state.tables.items():
+      if name not in old_tables:
+        continue
+      old = np.asarray(old_tables[name])
+      if old.shape != table.shape:
+        raise ValueError(f"warm start: table {name!r} has shape {old.shape} in {path} "
+                         f"but {table.shape} in the new model")
+      tables[name] = jax.numpy.asarray(old, dtype=table.dtype)
+      new_leaves, treedef = jax.tree_util.tree_flatten(state.table_opt_state[name])
+      old_leaves = jax.tree_util.tree_leaves(old_opt.get(name, {}))
+      if len(old_leaves) == len(new_leaves) and all(
+          np.shape(a) == np.shape(b) for a, b in zip(old_leaves, new_leaves)):
+        table_opt[name] = jax.tree_util.tree_unflatten(
+            treedef, [jax.numpy.asarray(a) for a in old_leaves])
+      report["tables"].append(name)
+  dense = state.dense_params
+  if parts in ("all", "dense"):
+    old_flat = _flatten(raw["dense_params"] if isinstance(raw, dict) else raw.dense_params)
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(dense)
+    new_leaves = []
+    for keypath, leaf in leaves_with_path:
+      key = jax.tree_util.keystr(keypath)
+      old = old_flat.get(key)
+      if old is not None and np.shape(old) == np.shape(leaf):
+        new_leaves.append(jax.numpy.asarray(old, dtype=leaf.dtype))
+        report["dense_copied"] += 1
+      else:
+        new_leaves.append(leaf)
+        report["dense_kept"] += 1
+    dense = jax.tree_util.tree_unflatten(treedef, new_leaves)
+  log.info("warm start from %s: %s", path, report)
+  return state._replace(tables=tables, table_opt_state=table_opt, dense_params=dense), report

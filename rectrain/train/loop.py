@@ -1,0 +1,332 @@
+"""The one-pass streaming loop (progressive validation) and the offline protocol.
+
+For each batch of a time-ordered stream: predict, record metrics, then learn.
+``steps_per_dispatch`` batches are stacked and run by one jitted ``lax.scan``;
+the host prepares the next group (parse, hash, dedup ids) in a background
+thread and computes the metrics of the previous group while the device trains
+on the current one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rectrain import metrics as metrics_lib
+from rectrain.data import make_stream
+from rectrain.data.batch import DEVICE_KEYS
+from rectrain.data.pipeline import prefetch, with_unique
+from rectrain.models import build_model, count_params, init_tables
+from rectrain.optim import get_optimizer, get_sparse_optimizer
+from rectrain.train import checkpoint as ckpt
+from rectrain.train.step import init_train_state, make_multi_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when ``train.nonfinite == 'raise'`` and a batch's loss is not finite."""
+
+
+def _opt_kwargs(section) -> tuple[str, dict]:
+  d = section.to_dict() if isinstance(section, ml_collections.ConfigDict) else dict(section)
+  name = d.pop("name")
+  return name, d
+
+
+def build_optimizers(config, table_names):
+  """The dense optax optimizer and one sparse optimizer per table, from config.optim."""
+  def build(factory, section, key):
+    name, kw = _opt_kwargs(section)
+    try:
+      return factory(name, **kw)
+    except (TypeError, ValueError, KeyError) as e:
+      raise ValueError(f"config {key}: {e}") from None
+
+  dense_opt = build(get_optimizer, config.optim.dense, "optim.dense")
+  sparse = {}
+  for table in table_names:
+    key = f"optim.tables.{table}" if table in config.optim.tables else "optim.sparse"
+    section = config.optim.tables.get(table, config.optim.sparse)
+    sparse[table] = build(get_sparse_optimizer, section, key)
+  unknown = set(config.optim.tables.keys()) - set(table_names)
+  if unknown:
+    raise KeyError(f"config optim.tables names tables {sorted(unknown)} that the model "
+                   f"does not have (it has {list(table_names)})")
+  return dense_opt, sparse
+
+
+def create_model_and_state(config, num_rows: int, num_fields: int, num_dense: int):
+  """Builds the model, its initial TrainState, the optimizers and the param count."""
+  model = build_model(config.model)
+  specs = model.table_specs()
+  key = jax.random.PRNGKey(config.seed)
+  k_tables, k_dense = jax.random.split(key)
+  tables = init_tables(k_tables, specs, num_rows)
+  rows = {s.name: jnp.zeros((2, num_fields, s.dim), jnp.float32) for s in specs}
+  dense_params = model.init(k_dense, rows, jnp.zeros((2, num_dense), jnp.float32))
+  dense_opt, sparse_opts = build_optimizers(config, [s.name for s in specs])
+  state = init_train_state(dense_params, tables, dense_opt, sparse_opts)
+  params = count_params(model, num_rows, num_fields, num_dense)
+  return model, state, dense_opt, sparse_opts, params
+
+
+def _grouped(batches: Iterator[dict], k: int) -> Iterator[tuple[int, dict]]:
+  """Stacks up to ``k`` consecutive batches; yields (count, stacked)."""
+  buf = []
+  for b in batches:
+    buf.append(b)
+    if len(buf) == k:
+      yield k, _stack(buf)
+      buf = []
+  if buf:
+    yield len(buf), _stack(buf)
+
+
+def _stack(batches: list[dict]) -> dict:
+  keys = [k for k in batches[0] if np.ndim(batches[0][k]) > 0]
+  return {k: np.stack([b[k] for b in batches]) for k in keys}
+
+
+def _skip(batches: Iterator[dict], n: int) -> Iterator[dict]:
+  for i, b in enumerate(batches):
+    if i >= n:
+      yield b
+
+
+class _Progress:
+  """tqdm progress bar with rows/s and the running AUC / log loss."""
+
+  def __init__(self, enabled: bool, total: int | None, initial: int):
+    self.bar = None
+    if enabled:
+      from tqdm.auto import tqdm
+      self.bar = tqdm(total=total, initial=initial, unit="row", unit_scale=True,
+                      dynamic_ncols=True, mininterval=0.5, desc="train")
+
+  def update(self, rows: int, running: dict):
+    if self.bar is None:
+      return
+    self.bar.update(rows)
+    self.bar.set_postfix(auc=f"{running.get('auc', float('nan')):.4f}",
+                         logloss=f"{running.get('logloss', float('nan')):.4f}",
+                         refresh=False)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
+                 stream=None, resume: bool = True) -> dict:
+  """Runs one pass over the configured stream with progressive validation.
+
+  Args:
+    config: a run config (see rectrain/configs.py).
+    workdir: where config.json, metrics.jsonl, summary.json and checkpoints go;
+      None keeps everything in memory (no checkpoints).
+    stream: an already built stream (else ``make_stream(config.data, seed)``).
+    resume: continue from the latest checkpoint in ``workdir`` if there is one.
+
+  Returns:
+    the summary dict (also written to ``workdir/summary.json``), with the
+    final state under the key ``"_state"`` (not serialised).
+  """
+  from rectrain.configs import validate
+  validate(config)
+  t_start = time.perf_counter()
+  if stream is None:
+    stream = make_stream(config.data, seed=config.seed)
+  num_rows = stream.num_rows
+  num_fields = stream.layout.num_fields
+  num_dense = stream.num_dense
+  model, state, dense_opt, sparse_opts, params = create_model_and_state(
+      config, num_rows, num_fields, num_dense)
+  multi = make_multi_step(make_train_step(model, dense_opt, sparse_opts))
+
+  window = _make_windows(config, stream)
+  overall = metrics_lib.MetricAccumulator()
+  batches_done = 0
+  rows_done = 0
+  metrics_file = None
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+  resumed_from = None
+  if workdir and resume and ckpt.latest_checkpoint(workdir):
+    path = ckpt.latest_checkpoint(workdir)
+    state, meta = ckpt.restore_checkpoint(path, state)
+    batches_done, rows_done = meta["batches"], meta["rows"]
+    overall = metrics_lib.MetricAccumulator.from_state(meta["overall"])
+    window = metrics_lib.WindowedMetrics.from_state(meta["windows"])
+    resumed_from = path
+    _truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), meta["metrics_lines"])
+  elif config.train.warm_start.path:
+    state, _ = ckpt.warm_start(state, config.train.warm_start.path,
+                               config.train.warm_start.parts)
+  if workdir:
+    metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+  metrics_lines = _count_lines(workdir)
+
+  k = config.train.steps_per_dispatch
+  slice_fields = [s for s in config.metrics.slice_fields.split(",") if s]
+  slice_cols = [stream.layout.names.index(s) for s in slice_fields]
+
+  source = _skip(iter(stream), batches_done)
+  source = with_unique(source, num_rows)
+  groups = prefetch(_grouped(source, k), config.data.prefetch)
+  total = config.data.max_rows or None
+  progress = _Progress(config.train.progress, total, rows_done)
+
+  def record(pending):
+    nonlocal metrics_lines, rows_done
+    n, host, out = pending
+    preds = np.asarray(out.preds_B).reshape(-1)
+    applied = np.asarray(out.applied)
+    if config.train.nonfinite == "raise" and not applied.all():
+      bad = int(np.argmin(applied))
+      raise NonFiniteLossError(
+          f"non-finite loss at batch {batches_done - n + bad} (stream rows from "
+          f"{int(host['index'][bad].max(initial=-1))}); set train.nonfinite=skip to skip")
+    labels = host["label"].reshape(-1)
+    weights = host["weight"].reshape(-1)
+    times = host["time"].reshape(-1)
+    slices = {name: host["cat"][..., col].reshape(-1) for name, col in zip(slice_fields, slice_cols)}
+    overall.update(labels, preds, weights)
+    closed = window.update(labels, preds, weights, time=times, slices=slices or None)
+    for w in closed:
+      if metrics_file:
+        metrics_file.write(json.dumps(_jsonable(w)) + "\n")
+        metrics_lines += 1
+    real = int((weights > 0).sum())
+    rows_done += real
+    progress.update(real, overall.result())
+
+  pending = None
+  t_first = None
+  rows_at_first = rows_done
+  dispatches = 0
+  try:
+    for n, group in groups:
+      device_batch = {key: group[key] for key in DEVICE_KEYS}
+      state, out = multi(state, device_batch)
+      batches_done += n
+      dispatches += 1
+      if pending is not None:
+        record(pending)
+      pending = (n, {key: group[key] for key in ("label", "weight", "time", "cat", "index")}, out)
+      if t_first is None:
+        jax.block_until_ready(out.preds_B)
+        t_first = time.perf_counter()
+        record(pending)
+        pending = None
+        rows_at_first = rows_done
+      every = config.train.checkpoint_every
+      if workdir and every and batches_done // every != (batches_done - n) // every:
+        if pending is not None:
+          record(pending)
+          pending = None
+        if metrics_file:
+          metrics_file.flush()
+        ckpt.save_checkpoint(workdir, batches_done, state, {
+            "batches": batches_done, "rows": rows_done, "overall": overall.state(),
+            "windows": window.state(), "metrics_lines": metrics_lines},
+            keep=config.train.keep_checkpoints)
+    if pending is not None:
+      record(pending)
+    jax.block_until_ready(state)
+  finally:
+    progress.close()
+  t_end = time.perf_counter()
+
+  for w in window.finalize_windows():
+    if metrics_file:
+      metrics_file.write(json.dumps(_jsonable(w)) + "\n")
+  if metrics_file:
+    metrics_file.close()
+  if workdir:
+    ckpt.save_checkpoint(workdir, batches_done, state, {
+        "batches": batches_done, "rows": rows_done, "overall": overall.state(),
+        "windows": window.state(), "metrics_lines": metrics_lines, "final": True},
+        keep=config.train.keep_checkpoints)
+
+  result = overall.result()
+  report = stream.report()
+  steady_rows = rows_done - rows_at_first
+  steady_time = (t_end - t_first) if t_first else float("nan")
+  summary = {
+      "model": config.model.name,
+      "rows": rows_done,
+      "auc": result["auc"],
+      "logloss": result["logloss"],
+      "ne": result["ne"],
+      "pcoc": result["pcoc"],
+      "base_rate": result["base_rate"],
+      "rows_per_sec": steady_rows / steady_time if steady_time and steady_rows > 0 else float("nan"),
+      "wall_time_sec": t_end - t_start,
+      "batches": batches_done,
+      "nonfinite_batches": int(state.nonfinite),
+      "skipped_rows": int(sum(report.get("skipped", {}).values())),
+      "skipped_by_reason": dict(report.get("skipped", {})),
+      "rows_read": report.get("rows_read"),
+      "params": params,
+      "param_count": params["total"],
+      "variation": window.variation(),
+      "resumed_from": resumed_from,
+  }
+  if workdir:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(_jsonable(summary), f, indent=2)
+  summary["_state"] = state
+  return summary
+
+
+def _make_windows(config, stream):
+  time_windows = [t for t in config.metrics.time_windows.split(",") if t]
+  return metrics_lib.WindowedMetrics(
+      window_rows=config.metrics.window_rows, time_windows=time_windows,
+      slice_top_k=config.metrics.slice_top_k)
+
+
+def _count_lines(workdir):
+  if not workdir:
+    return 0
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    return sum(1 for _ in f)
+
+
+def _truncate_jsonl(path: str, lines: int) -> None:
+  """Drops lines written after the checkpoint we resume from."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    kept = [line for _, line in zip(range(lines), f)]
+  with open(path, "w") as f:
+    f.writelines(kept)
+
+
+def _jsonable(obj: Any):
+  if isinstance(obj, dict):
+    return {str(k): _jsonable(v) for k, v in obj.items() if not str(k).startswith("_")}
+  if isinstance(obj, (list, tuple)):
+    return [_jsonable(v) for v in obj]
+  if isinstance(obj, (np.floating, float)):
+    v = float(obj)
+    return v if np.isfinite(v) else None
+  if isinstance(obj, (np.integer,)):
+    return int(obj)
+  if isinstance(obj, np.ndarray):
+    return _jsonable(obj.tolist())
+  return obj
