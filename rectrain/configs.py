@@ -166,5 +166,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = config[key.split(".")[0]][key.split(".")[1]]
     if not isinstance(value, int) or value < 0:
       raise ValueError(f"config {key}={value!r}: must be an integer >= 0")
+  # The step applies the model deterministically (no dropout rng, no mutable
+  # batch statistics); refuse settings it would silently ignore.
+  if config.model.get("batch_norm", False):
+    raise ValueError("config model.batch_norm=True is not supported by the training step yet")
+  if config.model.get("dropout_rate", 0.0):
+    raise ValueError("config model.dropout_rate > 0 is not supported by the training step yet")
   if config.data.source in ("criteo", "hf") and not config.data.path:
     raise ValueError(f"config data.path is required for data.source={config.data.source!r}")

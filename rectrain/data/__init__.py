@@ -1,0 +1,30 @@
+"""Streams of batches: Criteo logs, a Hugging Face datasets source, the synthetic stream.
+
+Every stream yields batches following :mod:`rectrain.data.batch` and has the
+attributes ``batch_size``, ``layout`` (a :class:`~rectrain.data.hashing.FieldLayout`),
+``num_rows`` (rows of the fused table), ``num_dense`` and ``report()``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def make_stream(data: ml_collections.ConfigDict, seed: int = 0):
+  """Builds the stream a run config's ``data`` section describes."""
+  common = dict(batch_size=data.batch_size, cat_buckets=data.cat_buckets,
+                int_mode=data.int_mode, int_buckets=data.int_buckets, seed=seed)
+  max_rows = data.max_rows or None
+  if data.source == "synthetic":
+    from rectrain.data.synthetic import SyntheticStream
+    return SyntheticStream(data.synthetic, num_rows_total=max_rows, **common)
+  if data.source == "criteo":
+    from rectrain.data.criteo import CriteoStream
+    paths = [p for p in str(data.path).split(",") if p]
+    return CriteoStream(paths, bad_lines=data.bad_lines, max_rows=max_rows,
+                        shuffle_buffer=data.shuffle_buffer, **common)
+  if data.source == "hf":
+    from rectrain.data.hf import HFStream
+    return HFStream(data.path, bad_lines=data.bad_lines, max_rows=max_rows,
+                    shuffle_buffer=data.shuffle_buffer, **common)
+  raise ValueError(f"config data.source={data.source!r}: must be synthetic, criteo or hf")
