@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rectrain import metrics as metrics_lib
+import rectrain.metrics as metrics_lib  # noqa: E402
 from rectrain.data import make_stream
 from rectrain.data.batch import DEVICE_KEYS
 from rectrain.data.pipeline import prefetch, with_unique
