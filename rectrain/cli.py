@@ -26,6 +26,12 @@ def _cmd_run(args) -> int:
   configs.apply_overrides(config, args.set or [])
   workdir = args.workdir or os.path.join(
       "runs", f"{config.model.name}_{time.strftime('%Y%m%d-%H%M%S')}")
+  if config.offline.epochs:
+    from rectrain.train.loop import train_offline
+    result = train_offline(config, workdir=workdir)
+    print(format_offline(result))
+    print(f"\nrun directory: {workdir}  (config.json, offline.jsonl, summary.json)")
+    return 0
   summary = train_stream(config, workdir=workdir)
   print(format_summary(summary))
   print(f"\nrun directory: {workdir}  (config.json, metrics.jsonl, summary.json)")
@@ -67,6 +73,19 @@ def format_summary(summary: dict) -> str:
   out += [f"| {k.ljust(width)} | {str(v).rjust(vwidth)} |" for k, v in rows]
   out.append(line)
   return "\n".join(out)
+
+
+def format_offline(result: dict) -> str:
+  """The table of held-out metrics per evaluation point of the offline protocol."""
+  head = f"{'epoch':>6}  {'test AUC':>9}  {'test logloss':>12}  {'train AUC':>9}  " \
+         f"{'|grad| emb':>10}  {'|grad| dense':>12}"
+  lines = [head, "-" * len(head)]
+  for p in result["points"]:
+    train = p.get("train", {})
+    lines.append(f"{p['epoch']:>6.2f}  {p['test']['auc']:>9.4f}  {p['test']['logloss']:>12.4f}  "
+                 f"{train.get('auc', float('nan')):>9.4f}  {p.get('grad_norm_tables', float('nan')):>10.4g}  "
+                 f"{p.get('grad_norm_dense', float('nan')):>12.4g}")
+  return "\n".join(lines)
 
 
 def _cmd_data_stats(args) -> int:

@@ -34,6 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.shuffle_buffer = 0     # 0 keeps time order
   c.data.bad_lines = "skip"     # skip (counted) | error
   c.data.prefetch = 4           # groups of batches prepared ahead in a background thread
+  c.data.start_row = 0           # synthetic: first row of the stream (e.g. held-out rows)
   c.data.synthetic = _synthetic_defaults()
 
   c.model = default_model_config("deepfm")
@@ -53,6 +54,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.progress = True
   c.train.warm_start = ml_collections.ConfigDict(
       {"path": "", "parts": "all"})  # parts: all | embeddings | dense
+
+  # Offline protocol (rectrain.train.loop.train_offline): K epochs, held-out eval.
+  c.offline = ml_collections.ConfigDict()
+  c.offline.epochs = 0             # 0 = streaming (one pass, progressive validation)
+  c.offline.evals_per_epoch = 4
+  c.offline.between_epochs = "none"  # none | reinit | freeze | dense_only | tables_only
+  c.offline.eval_data = ml_collections.ConfigDict({"start_row": 0, "max_rows": 0})
 
   c.metrics = ml_collections.ConfigDict()
   c.metrics.window_rows = 100_000      # count windows of N rows; 0 = none

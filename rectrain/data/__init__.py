@@ -15,9 +15,12 @@ def make_stream(data: ml_collections.ConfigDict, seed: int = 0):
   common = dict(batch_size=data.batch_size, cat_buckets=data.cat_buckets,
                 int_mode=data.int_mode, int_buckets=data.int_buckets, seed=seed)
   max_rows = data.max_rows or None
+  if data.source != "synthetic" and data.get("start_row", 0):
+    raise ValueError(f"config data.start_row is only supported for data.source='synthetic'")
   if data.source == "synthetic":
     from rectrain.data.synthetic import SyntheticStream
-    return SyntheticStream(data.synthetic, num_rows_total=max_rows, **common)
+    return SyntheticStream(data.synthetic, num_rows_total=max_rows,
+                           start_row=data.get("start_row", 0), **common)
   if data.source == "criteo":
     from rectrain.data.criteo import CriteoStream
     paths = [p for p in str(data.path).split(",") if p]

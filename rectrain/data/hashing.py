@@ -120,3 +120,46 @@ def make_layout(cat_buckets: int | Sequence[int], int_mode: str = "log1p",
   if int_mode == "categorical":
     return FieldLayout(CAT_NAMES + INT_NAMES, cat + (int(int_buckets),) * NUM_INT_FIELDS)
   raise ValueError(f"int_mode must be 'log1p' or 'categorical', got {int_mode!r}")
+
+
+def hash_fields_to_buckets(values_FxN: np.ndarray, fields: Sequence[int],
+                           num_buckets: Sequence[int]) -> np.ndarray:
+  """:func:`hash_to_bucket` of many fields at once, with identical results.
+
+  Row ``f`` of ``values_FxN`` (raw uint64 values) is hashed as field
+  ``fields[f]`` into buckets ``1 .. num_buckets[f] - 1``; the splitmix64 steps
+  run in place on one (F, N) array and the remainder uses a division by a
+  scalar, several times faster than one :func:`hash_to_bucket` call per field.
+
+  Returns:
+    (F, N) int64 buckets.
+  """
+  values_FxN = np.asarray(values_FxN)
+  if values_FxN.ndim != 2 or values_FxN.shape[0] != len(fields) or len(fields) != len(num_buckets):
+    raise ValueError(f"values (F, N) {values_FxN.shape}, {len(fields)} fields and "
+                     f"{len(num_buckets)} bucket counts must agree")
+  for f, b in zip(fields, num_buckets):
+    if int(b) < 2:
+      raise ValueError(f"field {f}: num_buckets must be >= 2, got {b}")
+  salts = np.array([field_salt(int(f)) for f in fields], dtype=np.uint64)[:, None]
+  z = np.bitwise_xor(values_FxN.astype(np.uint64, copy=False), salts)
+  tmp = np.empty_like(z)
+  with np.errstate(over="ignore"):
+    z += _GOLDEN
+    z ^= np.right_shift(z, np.uint64(30), out=tmp)
+    z *= _M1
+    z ^= np.right_shift(z, np.uint64(27), out=tmp)
+    z *= _M2
+    z ^= np.right_shift(z, np.uint64(31), out=tmp)
+  # z mod m as z - (z // m) * m: NumPy divides by a scalar with libdivide,
+  # several times faster than its uint64 remainder.
+  mods = [np.uint64(int(b) - 1) for b in num_buckets]
+  if all(m == mods[0] for m in mods):
+    np.floor_divide(z, mods[0], out=tmp)
+    tmp *= mods[0]
+    z -= tmp
+  else:
+    for f, m in enumerate(mods):
+      z[f] -= (z[f] // m) * m
+  z += np.uint64(1)
+  return z.view(np.int64)

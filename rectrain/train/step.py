@@ -45,6 +45,8 @@ class StepOutput(NamedTuple):
   preds_B: jax.Array   # predicted probabilities before learning the batch
   loss: jax.Array      # weighted mean log loss of the batch (pre-update)
   applied: jax.Array   # bool: False when the batch was skipped as non-finite
+  grad_norm_dense: jax.Array = jnp.zeros(())   # L2 norm of the dense gradient
+  grad_norm_tables: jax.Array = jnp.zeros(())  # L2 norm of the touched rows' gradient
 
 
 def init_train_state(dense_params, tables, dense_opt: optax.GradientTransformation,
@@ -86,12 +88,15 @@ def make_forward(model) -> Callable:
 
 def make_train_step(model, dense_opt: optax.GradientTransformation,
                     sparse_opts: Dict[str, SparseOptimizer],
-                    loss_fn: Callable = weighted_logloss) -> Callable:
+                    loss_fn: Callable = weighted_logloss, train_dense: bool = True,
+                    train_tables: bool = True) -> Callable:
   """Returns ``step(state, batch) -> (state, StepOutput)`` (not jitted).
 
   ``batch`` holds device arrays ``label``, ``weight``, ``dense``, ``unique``,
   ``inverse`` (see rectrain/data/batch.py). A batch whose loss or gradients
   are not finite leaves the state untouched except ``nonfinite += 1``.
+  ``train_dense=False`` / ``train_tables=False`` freeze the dense parameters /
+  the tables (and their optimizer states), e.g. to fine-tune one group only.
   """
   forward = make_forward(model)
 
@@ -112,13 +117,13 @@ def make_train_step(model, dense_opt: optax.GradientTransformation,
 
     updates, new_opt = dense_opt.update(g_dense, state.dense_opt_state, state.dense_params)
     new_dense = optax.apply_updates(state.dense_params, updates)
-    keep = lambda new, old: jnp.where(ok, new, old)
+    keep = lambda new, old: jnp.where(ok & train_dense, new, old)
     new_dense = jax.tree_util.tree_map(keep, new_dense, state.dense_params)
     new_opt = jax.tree_util.tree_map(keep, new_opt, state.dense_opt_state)
 
     # A skipped batch scatters nothing: every id becomes the (dropped) padding id.
     num_rows = next(iter(state.tables.values())).shape[0] if state.tables else 0
-    ids_U = jnp.where(ok, unique_U, num_rows)
+    ids_U = jnp.where(ok & train_tables, unique_U, num_rows)
     new_tables, new_table_opt = {}, {}
     for name, table in state.tables.items():
       new_tables[name], new_table_opt[name] = sparse_apply(
@@ -133,7 +138,8 @@ def make_train_step(model, dense_opt: optax.GradientTransformation,
         table_opt_state=new_table_opt,
         nonfinite=state.nonfinite + (~ok).astype(jnp.int32),
     )
-    return new_state, StepOutput(jax.nn.sigmoid(logits_B), loss, ok)
+    return new_state, StepOutput(jax.nn.sigmoid(logits_B), loss, ok,
+                                 optax.global_norm(g_dense), optax.global_norm(g_rows))
 
   return step
 
