@@ -56,6 +56,11 @@ def format_summary(summary: dict) -> str:
       ("NE", fmt(summary.get("ne"), ".4f")),
       ("PCOC", fmt(summary.get("pcoc"), ".4f")),
       ("base rate", fmt(summary.get("base_rate"), ".4f")),
+  ]
+  if summary.get("bayes_auc") is not None:
+    rows += [("Bayes ceiling AUC", fmt(summary.get("bayes_auc"), ".4f")),
+             ("Bayes ceiling log loss", fmt(summary.get("bayes_logloss"), ".4f"))]
+  rows += [
       ("rows/s", fmt(summary.get("rows_per_sec"), ",.0f")),
       ("wall time (s)", fmt(summary.get("wall_time_sec"), ".1f")),
       ("parameters", fmt(summary.get("param_count"), ",d")),

@@ -31,6 +31,11 @@ from rectrain.train.step import init_train_state, make_multi_step, make_train_st
 
 log = logging.getLogger(__name__)
 
+HOST_KEYS = ("label", "weight", "time", "cat", "index", "true_prob")
+# Seconds to sleep after each dispatch: a testing aid for the crash-and-resume
+# test (it makes a run slow enough to be killed mid-stream). Never set in use.
+_DEBUG_DELAY = float(os.environ.get("RECTRAIN_DEBUG_DISPATCH_DELAY", "0") or 0)
+
 
 class NonFiniteLossError(FloatingPointError):
   """Raised when ``train.nonfinite == 'raise'`` and a batch's loss is not finite."""
@@ -154,6 +159,9 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
 
   window = _make_windows(config, stream)
   overall = metrics_lib.MetricAccumulator()
+  # Streams that know the true click probability (synthetic) get the Bayes
+  # ceiling measured on exactly the rows the model was evaluated on.
+  ceiling = metrics_lib.MetricAccumulator()
   batches_done = 0
   rows_done = 0
   metrics_file = None
@@ -167,6 +175,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     state, meta = ckpt.restore_checkpoint(path, state)
     batches_done, rows_done = meta["batches"], meta["rows"]
     overall = metrics_lib.MetricAccumulator.from_state(meta["overall"])
+    ceiling = metrics_lib.MetricAccumulator.from_state(meta["ceiling"])
     window = metrics_lib.WindowedMetrics.from_state(meta["windows"])
     resumed_from = path
     _truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), meta["metrics_lines"])
@@ -188,7 +197,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   progress = _Progress(config.train.progress, total, rows_done)
 
   def record(pending):
-    nonlocal metrics_lines, rows_done
+    nonlocal metrics_lines, rows_done, nonfinite_rows
     n, host, out = pending
     preds = np.asarray(out.preds_B).reshape(-1)
     applied = np.asarray(out.applied)
@@ -199,9 +208,16 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
           f"{int(host['index'][bad].max(initial=-1))}); set train.nonfinite=skip to skip")
     labels = host["label"].reshape(-1)
     weights = host["weight"].reshape(-1)
+    bad_preds = ~np.isfinite(preds)
+    if bad_preds.any():  # a non-finite (skipped) batch: its rows are left out of the metrics
+      nonfinite_rows += int((weights[bad_preds] > 0).sum())
+      weights = np.where(bad_preds, 0.0, weights).astype(np.float32)
+      preds = np.where(bad_preds, 0.5, preds)
     times = host["time"].reshape(-1)
     slices = {name: host["cat"][..., col].reshape(-1) for name, col in zip(slice_fields, slice_cols)}
     overall.update(labels, preds, weights)
+    if "true_prob" in host:
+      ceiling.update(labels, host["true_prob"].reshape(-1), weights)
     closed = window.update(labels, preds, weights, time=times, slices=slices or None)
     for w in closed:
       if metrics_file:
@@ -211,6 +227,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     rows_done += real
     progress.update(real, overall.result())
 
+  nonfinite_rows = 0
   pending = None
   t_first = None
   rows_at_first = rows_done
@@ -223,7 +240,9 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       dispatches += 1
       if pending is not None:
         record(pending)
-      pending = (n, {key: group[key] for key in ("label", "weight", "time", "cat", "index")}, out)
+      pending = (n, {key: group[key] for key in HOST_KEYS if key in group}, out)
+      if _DEBUG_DELAY:
+        time.sleep(_DEBUG_DELAY)
       if t_first is None:
         jax.block_until_ready(out.preds_B)
         t_first = time.perf_counter()
@@ -238,7 +257,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
         if metrics_file:
           metrics_file.flush()
         ckpt.save_checkpoint(workdir, batches_done, state, {
-            "batches": batches_done, "rows": rows_done, "overall": overall.state(),
+            "batches": batches_done, "rows": rows_done, "overall": overall.state(), "ceiling": ceiling.state(),
             "windows": window.state(), "metrics_lines": metrics_lines},
             keep=config.train.keep_checkpoints)
     if pending is not None:
@@ -255,11 +274,12 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     metrics_file.close()
   if workdir:
     ckpt.save_checkpoint(workdir, batches_done, state, {
-        "batches": batches_done, "rows": rows_done, "overall": overall.state(),
+        "batches": batches_done, "rows": rows_done, "overall": overall.state(), "ceiling": ceiling.state(),
         "windows": window.state(), "metrics_lines": metrics_lines, "final": True},
         keep=config.train.keep_checkpoints)
 
   result = overall.result()
+  bayes = ceiling.result() if ceiling.result()["rows"] else {}
   report = stream.report()
   steady_rows = rows_done - rows_at_first
   steady_time = (t_end - t_first) if t_first else float("nan")
@@ -271,10 +291,14 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       "ne": result["ne"],
       "pcoc": result["pcoc"],
       "base_rate": result["base_rate"],
+      "bayes_auc": bayes.get("auc"),
+      "bayes_logloss": bayes.get("logloss"),
+      "bayes_ne": bayes.get("ne"),
       "rows_per_sec": steady_rows / steady_time if steady_time and steady_rows > 0 else float("nan"),
       "wall_time_sec": t_end - t_start,
       "batches": batches_done,
       "nonfinite_batches": int(state.nonfinite),
+      "nonfinite_prediction_rows": nonfinite_rows,
       "skipped_rows": int(sum(report.get("skipped", {}).values())),
       "skipped_by_reason": dict(report.get("skipped", {})),
       "rows_read": report.get("rows_read"),

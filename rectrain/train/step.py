@@ -139,7 +139,7 @@ def make_train_step(model, dense_opt: optax.GradientTransformation,
         nonfinite=state.nonfinite + (~ok).astype(jnp.int32),
     )
     return new_state, StepOutput(jax.nn.sigmoid(logits_B), loss, ok,
-                                 optax.global_norm(g_dense), optax.global_norm(g_rows))
+                                 optax.tree.norm(g_dense), optax.tree.norm(g_rows))
 
   return step
 

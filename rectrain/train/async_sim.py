@@ -1,0 +1,405 @@
+"""Simulated asynchronous (stale-gradient) training in one process, as a train step.
+
+W workers of a parameter server each compute a gradient on parameters they
+pulled some updates ago. Let theta_t be the parameters after t applied updates.
+The step applied at server step t (``state.train.step == t``) is
+
+  g_t         = grad loss(theta_{t - tau_t}; batch_t)            (stale gradient)
+  g_t         <- g_t + lambda_t * g_t * g_t * (theta_t - theta_{t - tau_t})   (optional DC)
+  theta_{t+1} = optimizer(theta_t, g_t)                          (applied to the current params)
+
+for the dense parameters AND the embedding rows the batch touches; tau_t comes
+from one of rectrain.optim's staleness schedules: ``fixed`` (min(tau, t)),
+``round_robin`` (W workers: min(t, W - 1)) or ``random`` (seeded, uniform or
+geometric on {0..tau}, capped at t). tau = 0 is the synchronous step of
+rectrain/train/step.py, and gives the same numbers. Delay compensation is
+DC-ASGD (Zheng et al. 2017, ICML; constant lambda, or the adaptive
+lambda / sqrt(EMA of g^2 + eps)); its math is rectrain.optim.delay's, applied by
+the ``delay_compensation`` transform to the dense parameters and row-wise (lazily:
+the mean square of a row changes only when the row is touched) to the rows.
+
+Shape legend: B batch rows, F fields, U padded unique ids of a batch, W width
+of a table row, N rows of the fused table, R = max tau, the history length,
+K batches per dispatch.
+
+How the stale parameters are kept (cost per step, memory):
+
+* dense: a ring of the last R pre-update dense parameter pytrees
+  (:class:`rectrain.optim.StaleParams`); O(P) per step, R * P memory.
+* embedding rows: never a table snapshot. A ring of the last R row updates
+  stores each update's sorted unique ids ``ids_U`` and the rows' values
+  *before* that update ``old_UxW``. The value of row i at theta_{t - tau} is
+  the ``old`` value stored by the earliest update in [t - tau, t - 1] that
+  touched i, or the current value if none did; this is exact (bit for bit, no
+  re-subtraction of deltas). Finding it costs R binary searches of the batch's
+  U ids (O(R * U * log U)) and one gather of U rows (O(U * W)); memory
+  R * U * (1 + sum of widths) floats. A full-table ring would cost O(N * W)
+  per step and R * N * W memory (26 * 2^17 rows * 16 * 4 B = 218 MB per
+  snapshot; 14 GB for R = 64).
+
+Progressive-validation predictions: ``StepOutput.preds_B`` are by default the
+*stale* model's (theta_{t - tau_t}) predictions: they are what the worker that
+handled the batch computed (and would have served) and come free with the
+gradient's forward pass; they are still out-of-sample (theta_{t - tau} has not
+seen batch t). ``predictions='current'`` reports theta_t's predictions
+instead, at the cost of a second forward pass, to separate the effect of stale
+serving from that of stale training. ``StepOutput.loss`` is always the stale
+forward pass's loss (the one differentiated).
+
+A batch whose loss or (compensated) gradients are not finite changes nothing
+but ``nonfinite += 1``: no update, no history entry, so tau counts applied
+updates, as the schedules' ``step`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from rectrain.optim import (SparseOptimizer, StaleParams, delay_compensation as dc_transform,
+                            fixed_staleness, random_staleness, round_robin_staleness,
+                            sparse_apply, stale_params_get, stale_params_init)
+from rectrain.optim.delay import delay_compensation_math
+from rectrain.optim.sparse import gather_rows, scatter_rows
+from rectrain.train.step import StepOutput, TrainState, make_forward, weighted_logloss
+
+PyTree = Any
+
+STALENESS = ("fixed", "round_robin", "random")
+DC_MODES = ("none", "constant", "adaptive")
+PREDICTIONS = ("stale", "current")
+_DC_KEYS = ("lambda_", "adaptive", "mean_square_decay", "eps")
+
+
+class AsyncState(NamedTuple):
+  """The train state plus what the simulation remembers; a pytree (checkpoint it whole).
+
+  Attributes:
+    train: the TrainState of the current parameters theta_t (same structure as
+      the synchronous step's; ``train.step`` = t counts applied updates).
+    dense_history: StaleParams ring of the last R pre-update dense params
+      (``snapshots`` leaves R x ...); None when R = 0.
+    row_history: StaleParams ring whose snapshots are ``{"ids": R x U int32
+      (sorted, padded with N), "rows": {table: R x U x W}}``, the ids and
+      pre-update rows of the last R updates; None when R = 0.
+    dc_dense: state of the dense ``delay_compensation`` transform (mean square
+      when adaptive); None without delay compensation.
+    dc_rows: ``{table: N x W}`` mean squares of adaptive DC; None otherwise.
+    tau: int32, the staleness used by the last step.
+  """
+  train: TrainState
+  dense_history: Optional[StaleParams]
+  row_history: Optional[StaleParams]
+  dc_dense: Any
+  dc_rows: Optional[Dict[str, jax.Array]]
+  tau: jax.Array
+
+  @property
+  def step(self) -> jax.Array:
+    return self.train.step
+
+  @property
+  def nonfinite(self) -> jax.Array:
+    return self.train.nonfinite
+
+
+def _max_tau(staleness: str, tau: int, workers: int) -> int:
+  if staleness not in STALENESS:
+    raise ValueError(f"async_sim staleness: must be one of {STALENESS}, got {staleness!r}")
+  for name, v in (("tau", tau), ("workers", workers)):
+    if isinstance(v, bool) or int(v) != v:
+      raise ValueError(f"async_sim {name}: must be an int, got {v!r}")
+  if int(tau) < 0:
+    raise ValueError(f"async_sim tau: must be >= 0, got {tau!r}")
+  if int(workers) < 1:
+    raise ValueError(f"async_sim workers: must be >= 1, got {workers!r}")
+  if staleness == "round_robin":
+    if int(tau) not in (0, int(workers) - 1):
+      raise ValueError(f"async_sim tau={tau}: with staleness='round_robin' the staleness is "
+                       f"workers - 1 = {int(workers) - 1}; leave tau at 0 or set it to that")
+    return int(workers) - 1
+  return int(tau)
+
+
+def _dc_options(delay_compensation) -> Optional[dict]:
+  if delay_compensation is None:
+    return None
+  if not isinstance(delay_compensation, dict):
+    raise ValueError(f"async_sim delay_compensation: must be None or a dict with keys "
+                     f"{_DC_KEYS}, got {delay_compensation!r}")
+  unknown = set(delay_compensation) - set(_DC_KEYS)
+  if unknown:
+    raise ValueError(f"async_sim delay_compensation: unknown keys {sorted(unknown)} "
+                     f"(valid: {list(_DC_KEYS)})")
+  opts = {"lambda_": 0.04, "adaptive": False, "mean_square_decay": 0.95, "eps": 1e-7}
+  opts.update(delay_compensation)
+  opts["adaptive"] = bool(opts["adaptive"])
+  return opts
+
+
+def _push_if(buf: StaleParams, value: PyTree, ok: jax.Array) -> StaleParams:
+  """Writes ``value`` as the newest entry of the ring if ``ok``; else leaves it as is.
+
+  O(size of one entry): when not ok the head stays and its slot is rewritten
+  with its own content.
+  """
+  capacity = jax.tree.leaves(buf.snapshots)[0].shape[0]
+  head = ((buf.head + ok.astype(jnp.int32)) % capacity).astype(jnp.int32)
+
+  def write(s, v):
+    old = jax.lax.dynamic_index_in_dim(s, head, 0, keepdims=False)
+    return jax.lax.dynamic_update_index_in_dim(s, jnp.where(ok, v.astype(s.dtype), old), head, 0)
+
+  return StaleParams(snapshots=jax.tree.map(write, buf.snapshots, value), head=head)
+
+
+def stale_rows(row_history: StaleParams, ids_U: jax.Array, rows_now: Dict[str, jax.Array],
+               tau: jax.Array, num_rows: int) -> Dict[str, jax.Array]:
+  """Rows ``ids_U`` as they were ``tau`` updates ago (theta_{t - tau}), from the ring.
+
+  The ring's entry of age a (a = 1 the newest) holds the ids and pre-update rows
+  of update t - a. For each id the entry with the largest age a <= tau whose ids
+  contain it gives its old value; ids found in none keep ``rows_now``.
+
+  Args:
+    row_history: ``AsyncState.row_history``.
+    ids_U: the batch's sorted unique ids, padded with ``num_rows``.
+    rows_now: ``{table: U x W}`` current rows at ``ids_U``.
+    tau: int32 scalar, 0 <= tau <= R.
+    num_rows: N, the padding id.
+  """
+  ids_RxU = row_history.snapshots["ids"]
+  capacity, width_u = ids_RxU.shape
+  age_R = (row_history.head - jnp.arange(capacity, dtype=jnp.int32)) % capacity + 1
+  pos_RxU = jax.vmap(lambda ids: jnp.searchsorted(ids, ids_U))(ids_RxU)
+  pos_RxU = jnp.minimum(pos_RxU, width_u - 1).astype(jnp.int32)
+  hit_RxU = (jnp.take_along_axis(ids_RxU, pos_RxU, axis=1) == ids_U[None, :])
+  hit_RxU = hit_RxU & (age_R <= tau)[:, None] & (ids_U < num_rows)[None, :]
+  score_RxU = jnp.where(hit_RxU, age_R[:, None], 0)
+  slot_U = jnp.argmax(score_RxU, axis=0)
+  found_U = jnp.max(score_RxU, axis=0) > 0
+  pos_U = jnp.take_along_axis(pos_RxU, slot_U[None, :], axis=0)[0]
+  out = {}
+  for name, now_UxW in rows_now.items():
+    old_UxW = row_history.snapshots["rows"][name][slot_U, pos_U]
+    out[name] = jnp.where(found_U[:, None], old_UxW, now_UxW)
+  return out
+
+
+def make_async_train_step(model, dense_opt: optax.GradientTransformation,
+                          sparse_opts: Dict[str, SparseOptimizer], staleness: str = "fixed",
+                          tau: int = 0, workers: int = 1,
+                          delay_compensation: Optional[dict] = None, seed: int = 0, *,
+                          max_unique: Optional[int] = None, predictions: str = "stale",
+                          distribution: str = "uniform", geometric_p: float = 0.5,
+                          loss_fn: Callable = weighted_logloss) -> tuple[Callable, Callable]:
+  """Stale-gradient training step (model in the module docstring).
+
+  Args:
+    model: a rectrain model (``table_specs``, ``apply``).
+    dense_opt: optax optimizer of the dense parameters (as for make_train_step).
+    sparse_opts: row-wise optimizer per table.
+    staleness: ``fixed`` (tau_t = min(tau, t)), ``round_robin`` (W = ``workers``
+      workers: tau_t = min(t, W - 1); ``tau`` must be 0 or W - 1) or
+      ``random`` (tau_t ~ ``distribution`` on {0..tau} from
+      ``jax.random.PRNGKey(seed)`` folded with t, capped at t).
+    tau: the (maximum) staleness for ``fixed`` / ``random``.
+    workers: number of workers for ``round_robin`` (unused otherwise).
+    delay_compensation: None, or a dict with keys ``lambda_``, ``adaptive``,
+      ``mean_square_decay``, ``eps`` (missing keys: 0.04, False, 0.95, 1e-7).
+    seed: seed of the ``random`` schedule.
+    max_unique: U, the padded length of ``batch["unique"]`` (the loop's
+      default is batch_size * num_fields); may be given to ``init_fn`` instead.
+    predictions: ``stale`` (reported predictions of theta_{t - tau_t}) or
+      ``current`` (of theta_t; one more forward pass).
+    distribution, geometric_p: of the ``random`` schedule.
+    loss_fn: ``(logits_B, label_B, weight_B) -> scalar``.
+
+  Returns:
+    ``(init_fn, step_fn)``: ``init_fn(train_state, max_unique=None) ->
+    AsyncState`` and ``step_fn(async_state, batch) -> (async_state,
+    StepOutput)`` (not jitted; wrap it with ``make_multi_step`` or jax.jit).
+    ``batch["unique"]`` must be sorted ascending and padded with N.
+  """
+  max_tau = _max_tau(staleness, tau, workers)
+  dc_opts = _dc_options(delay_compensation)
+  if predictions not in PREDICTIONS:
+    raise ValueError(f"async_sim predictions: must be one of {PREDICTIONS}, got {predictions!r}")
+  if staleness == "fixed":
+    schedule = fixed_staleness(max_tau)
+  elif staleness == "round_robin":
+    schedule = round_robin_staleness(int(workers))
+  else:
+    schedule = random_staleness(jax.random.PRNGKey(int(seed)), max_tau, distribution, geometric_p)
+  dc = dc_transform(**dc_opts) if dc_opts is not None else None
+
+  forward = make_forward(model)
+
+  def objective(dense_params, rows_U, batch):
+    logits_B = forward(dense_params, rows_U, batch)
+    return loss_fn(logits_B, batch["label"], batch["weight"]), logits_B
+
+  grad_fn = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
+
+  def init_fn(train_state: TrainState, max_unique_: Optional[int] = None) -> AsyncState:
+    width_u = max_unique_ if max_unique_ is not None else max_unique
+    missing = set(train_state.tables) - set(sparse_opts)
+    if missing:
+      raise ValueError(f"async_sim: no sparse optimizer for tables {sorted(missing)}")
+    dense_history = row_history = dc_dense = dc_rows = None
+    if max_tau > 0:
+      if width_u is None or int(width_u) < 1:
+        raise ValueError("async_sim: max_unique (the padded length U of batch['unique']) is "
+                         f"needed when the staleness can exceed 0, got {width_u!r}")
+      width_u = int(width_u)
+      num_rows = _num_rows(train_state.tables)
+      dense_history = stale_params_init(train_state.dense_params, max_tau)
+      row_history = StaleParams(
+          snapshots={"ids": jnp.full((max_tau, width_u), num_rows, jnp.int32),
+                     "rows": {k: jnp.zeros((max_tau, width_u, t.shape[1]), t.dtype)
+                              for k, t in train_state.tables.items()}},
+          head=jnp.zeros((), jnp.int32))
+    if dc is not None:
+      dc_dense = dc.init(train_state.dense_params)
+      if dc_opts["adaptive"]:
+        dc_rows = {k: jnp.zeros_like(t) for k, t in train_state.tables.items()}
+    return AsyncState(train=train_state, dense_history=dense_history, row_history=row_history,
+                      dc_dense=dc_dense, dc_rows=dc_rows, tau=jnp.zeros((), jnp.int32))
+
+  def step_fn(astate: AsyncState, batch) -> tuple[AsyncState, StepOutput]:
+    state = astate.train
+    unique_U = batch["unique"]
+    num_rows = _num_rows(state.tables)
+    rows_now_U = gather_rows(state.tables, unique_U)
+
+    if max_tau > 0:
+      hist_u = astate.row_history.snapshots["ids"].shape[1]
+      if unique_U.shape[0] != hist_u:
+        raise ValueError(f"async_sim: batch['unique'] has length {unique_U.shape[0]} but the "
+                         f"async state was initialised with max_unique={hist_u}")
+      tau_t = jnp.asarray(schedule(state.step), jnp.int32)
+      past = stale_params_get(astate.dense_history, tau_t - 1)
+      dense_stale = jax.tree.map(lambda p, now: jnp.where(tau_t > 0, p, now),
+                                 past, state.dense_params)
+      rows_stale_U = stale_rows(astate.row_history, unique_U, rows_now_U, tau_t, num_rows)
+    else:
+      tau_t = jnp.zeros((), jnp.int32)
+      dense_stale, rows_stale_U = state.dense_params, rows_now_U
+
+    (loss, logits_B), (g_dense, g_rows) = grad_fn(dense_stale, rows_stale_U, batch)
+
+    new_dc_dense, ms_rows_new = astate.dc_dense, None
+    if dc is not None:
+      g_dense, new_dc_dense = dc.update(g_dense, astate.dc_dense, state.dense_params,
+                                        stale_params=dense_stale)
+      ms_rows = gather_rows(astate.dc_rows, unique_U) if dc_opts["adaptive"] else None
+      g_rows_dc, ms_rows_new = {}, {}
+      for name, g in g_rows.items():
+        g_rows_dc[name], ms_rows_new[name] = delay_compensation_math(
+            g, rows_now_U[name], rows_stale_U[name],
+            ms_rows[name] if ms_rows is not None else None,
+            dc_opts["lambda_"], dc_opts["adaptive"], dc_opts["mean_square_decay"],
+            dc_opts["eps"])
+      g_rows = g_rows_dc
+
+    finite = [jnp.isfinite(loss)]
+    finite += [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves((g_dense, g_rows))]
+    ok = jnp.all(jnp.stack(finite))
+    keep = lambda new, old: jnp.where(ok, new, old)
+
+    updates, new_opt = dense_opt.update(g_dense, state.dense_opt_state, state.dense_params)
+    new_dense = optax.apply_updates(state.dense_params, updates)
+    new_dense = jax.tree.map(keep, new_dense, state.dense_params)
+    new_opt = jax.tree.map(keep, new_opt, state.dense_opt_state)
+
+    # A skipped batch scatters nothing: every id becomes the (dropped) padding id.
+    ids_U = jnp.where(ok, unique_U, num_rows)
+    new_tables, new_table_opt = {}, {}
+    for name, table in state.tables.items():
+      new_tables[name], new_table_opt[name] = sparse_apply(
+          sparse_opts[name], table, state.table_opt_state[name], ids_U, g_rows[name], state.step)
+
+    new_train = TrainState(
+        step=state.step + ok.astype(jnp.int32),
+        dense_params=new_dense,
+        dense_opt_state=new_opt,
+        tables=new_tables,
+        table_opt_state=new_table_opt,
+        nonfinite=state.nonfinite + (~ok).astype(jnp.int32),
+    )
+    dense_history, row_history = astate.dense_history, astate.row_history
+    if max_tau > 0:
+      dense_history = _push_if(dense_history, state.dense_params, ok)
+      row_history = _push_if(row_history, {"ids": unique_U, "rows": rows_now_U}, ok)
+    dc_dense = new_dc_dense
+    if dc is not None:
+      dc_dense = jax.tree.map(keep, new_dc_dense, astate.dc_dense)
+    dc_rows = astate.dc_rows
+    if dc_rows is not None:
+      dc_rows = {k: scatter_rows(v, ids_U, ms_rows_new[k]) for k, v in dc_rows.items()}
+
+    if predictions == "current":
+      logits_B = forward(state.dense_params, rows_now_U, batch)
+    new_astate = AsyncState(train=new_train, dense_history=dense_history,
+                            row_history=row_history, dc_dense=dc_dense, dc_rows=dc_rows,
+                            tau=tau_t)
+    return new_astate, StepOutput(jax.nn.sigmoid(logits_B), loss, ok)
+
+  return init_fn, step_fn
+
+
+def _num_rows(tables) -> int:
+  return next(iter(tables.values())).shape[0] if tables else 0
+
+
+def async_config_defaults() -> ml_collections.ConfigDict:
+  """Defaults of ``config.train.async_sim`` (disabled: the synchronous step)."""
+  c = ml_collections.ConfigDict()
+  c.enabled = False
+  c.staleness = "fixed"            # fixed | round_robin | random
+  c.tau = 0                        # fixed: tau; random: max tau; round_robin: 0 or workers - 1
+  c.workers = 1                    # round_robin: number of workers W (tau = W - 1)
+  c.delay_compensation = "none"    # none | constant | adaptive (DC-ASGD / DC-ASGD-a)
+  c.lambda_ = 0.04
+  c.mean_square_decay = 0.95
+  c.eps = 1e-7
+  c.seed = 0                       # random staleness
+  c.distribution = "uniform"       # random staleness: uniform | geometric
+  c.geometric_p = 0.5
+  c.predictions = "stale"          # stale (the worker's) | current (theta_t, one more forward)
+  return c
+
+
+def make_async_train_step_from_config(model, dense_opt, sparse_opts, cfg, max_unique: int,
+                                      key: str = "train.async_sim") -> tuple[Callable, Callable]:
+  """``make_async_train_step`` from an ``async_config_defaults()``-shaped config.
+
+  Errors name ``key.<field>``.
+  """
+  defaults = async_config_defaults()
+  given = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+  unknown = set(given) - set(defaults.keys())
+  if unknown:
+    raise ValueError(f"config {key}: unknown keys {sorted(unknown)} "
+                     f"(valid: {sorted(defaults.keys())})")
+  c = defaults.to_dict()
+  c.update(given)
+  if c["delay_compensation"] not in DC_MODES:
+    raise ValueError(f"config {key}.delay_compensation: must be one of {DC_MODES}, "
+                     f"got {c['delay_compensation']!r}")
+  dc = None
+  if c["delay_compensation"] != "none":
+    dc = {"lambda_": c["lambda_"], "adaptive": c["delay_compensation"] == "adaptive",
+          "mean_square_decay": c["mean_square_decay"], "eps": c["eps"]}
+  try:
+    return make_async_train_step(
+        model, dense_opt, sparse_opts, staleness=c["staleness"], tau=c["tau"],
+        workers=c["workers"], delay_compensation=dc, seed=c["seed"], max_unique=max_unique,
+        predictions=c["predictions"], distribution=c["distribution"],
+        geometric_p=c["geometric_p"])
+  except ValueError as e:
+    raise ValueError(f"config {key}: {e}") from None
