@@ -23,8 +23,6 @@ from __future__ import annotations
 import os
 from typing import Iterator, Sequence
 
-import numpy as np
-
 from rectrain.data.criteo import COLUMN_NAMES, BlockStream, RawItem
 
 _CSV_SUFFIXES = (".csv", ".tsv", ".txt")
@@ -130,13 +128,5 @@ class HFStream(BlockStream):
       missing = [c for c in COLUMN_NAMES if c not in names]
       if missing:
         raise ValueError(f"{source}: dataset lacks the Criteo columns {missing}")
-      before = header_lines
       for table in ds.with_format("arrow").iter(batch_size=self.block_rows):
-        columns = [table.column(c) for c in COLUMN_NAMES]
-
-        def line_of(rows, base=before):
-          return base + 1 + np.asarray(rows, dtype=np.int64)
-
-        yield RawItem(source, columns, line_of, [])
-        before += table.num_rows
-      yield RawItem(source, None, None, [])
+        yield RawItem(source, header_lines, columns=[table.column(c) for c in COLUMN_NAMES])

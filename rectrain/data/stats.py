@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from rectrain.data import hashing
-from rectrain.data.criteo import CriteoStream, RawBlock, parse_columns
+from rectrain.data.criteo import CriteoStream, RawBlock
 from rectrain.data.hashing import CAT_NAMES, INT_NAMES
 
 _FIELDS = CAT_NAMES + INT_NAMES
@@ -54,13 +54,12 @@ class KMVSketch:
 class _StatsStream(CriteoStream):
   """A CriteoStream whose blocks carry raw values instead of hashed ids."""
 
-  def _work(self, columns):
-    raw: RawBlock = parse_columns(columns)
+  def _encode(self, raw: RawBlock) -> dict:
     values = np.concatenate([raw.cat_CxN, raw.int_IxN.view(np.uint64)])
     missing = np.concatenate([raw.cat_missing_CxN, raw.int_missing_IxN])
     salts = np.array([hashing.field_salt(f) for f in range(len(_FIELDS))], np.uint64)[:, None]
     hashes = hashing.splitmix64(values ^ salts)
-    return raw, {"label": raw.label_N.astype(np.float32), "hash": hashes.T, "missing": missing.T}
+    return {"label": raw.label_N.astype(np.float32), "hash": hashes.T, "missing": missing.T}
 
 
 def data_stats(paths: str | os.PathLike | Sequence[str | os.PathLike], sketch_k: int = 4096,
