@@ -17,7 +17,6 @@ import time
 
 def _cmd_run(args) -> int:
   from rectrain import configs
-  from rectrain.train.loop import train_stream
 
   if args.config:
     config = configs.load_config(args.config, args.arg)
@@ -32,7 +31,9 @@ def _cmd_run(args) -> int:
     print(format_offline(result))
     print(f"\nrun directory: {workdir}  (config.json, offline.jsonl, summary.json)")
     return 0
-  summary = train_stream(config, workdir=workdir)
+  from rectrain.experiment import reproduce_command, run_experiment
+  summary = run_experiment(config, workdir, command=reproduce_command(
+      args.config, workdir, args.arg, args.set or []))
   print(format_summary(summary))
   print(f"\nrun directory: {workdir}  (config.json, metrics.jsonl, summary.json)")
   return 0
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
   synth.add_argument("--seed", type=int, default=0)
   synth.add_argument("--out", required=True)
   synth.set_defaults(func=_cmd_synth)
+
+  from rectrain.experiment import add_experiment_commands
+  add_experiment_commands(sub)
   return parser
 
 

@@ -16,6 +16,7 @@ from typing import Sequence
 import ml_collections
 
 from rectrain.models import default_model_config
+from rectrain.train.async_sim import async_config_defaults
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -38,6 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.synthetic = _synthetic_defaults()
 
   c.model = default_model_config("deepfm")
+  c.model.mlp_dims = (256, 128)  # DeepCTR's default DNN: the main job finishes in about a minute on 2 cores
 
   c.optim = ml_collections.ConfigDict()
   c.optim.dense = ml_collections.ConfigDict({"name": "adam", "learning_rate": 1e-3})
@@ -52,6 +54,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 0     # batches; 0 = only at the end
   c.train.keep_checkpoints = 2
   c.train.progress = True
+  # Simulated asynchronous training (rectrain/train/async_sim.py); off = synchronous.
+  c.train.async_sim = async_config_defaults()
   c.train.warm_start = ml_collections.ConfigDict(
       {"path": "", "parts": "all"})  # parts: all | embeddings | dense
 

@@ -181,3 +181,14 @@ def test_offline_protocol_evaluates_at_fractions_of_each_epoch(tmp_path):
       "offline.between_epochs=freeze"))
   assert frozen["points"][2]["change_tables"] == 0.0
   assert frozen["points"][2]["change_dense"] > 0
+
+
+def test_async_simulation_from_config():
+  sync = train_stream(small_config("data.max_rows=4096"))
+  tau0 = train_stream(small_config("data.max_rows=4096", "train.async_sim.enabled=True"))
+  assert tau0["logloss"] == sync["logloss"]
+  for x, y in zip(_leaves(tau0["_state"]), _leaves(sync["_state"])):
+    np.testing.assert_array_equal(x, y)
+  stale = train_stream(small_config("data.max_rows=4096", "train.async_sim.enabled=True",
+                                    "train.async_sim.tau=2", "optim.dense.learning_rate=1e-4"))
+  assert stale["rows"] == 4096 and stale["logloss"] != sync["logloss"]

@@ -27,6 +27,7 @@ from rectrain.data.pipeline import prefetch, with_unique
 from rectrain.models import build_model, count_params, init_tables
 from rectrain.optim import get_optimizer, get_sparse_optimizer
 from rectrain.train import checkpoint as ckpt
+from rectrain.train.async_sim import AsyncState, make_async_train_step_from_config
 from rectrain.train.step import init_train_state, make_multi_step, make_train_step
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,14 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   num_dense = stream.num_dense
   model, state, dense_opt, sparse_opts, params = create_model_and_state(
       config, num_rows, num_fields, num_dense)
-  multi = make_multi_step(make_train_step(model, dense_opt, sparse_opts))
+  step_fn = make_train_step(model, dense_opt, sparse_opts)
+  if config.train.async_sim.enabled:
+    # Simulated asynchronous training: gradients computed at stale parameters.
+    async_init, step_fn = make_async_train_step_from_config(
+        model, dense_opt, sparse_opts, config.train.async_sim,
+        max_unique=config.data.batch_size * num_fields)  # = with_unique's default U
+    state = async_init(state)  # before restore: it is the checkpoint template
+  multi = make_multi_step(step_fn)
 
   window = _make_windows(config, stream)
   overall = metrics_lib.MetricAccumulator()
@@ -180,8 +188,12 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     resumed_from = path
     _truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), meta["metrics_lines"])
   elif config.train.warm_start.path:
-    state, _ = ckpt.warm_start(state, config.train.warm_start.path,
-                               config.train.warm_start.parts)
+    if isinstance(state, AsyncState):
+      state = state._replace(train=ckpt.warm_start(
+          state.train, config.train.warm_start.path, config.train.warm_start.parts)[0])
+    else:
+      state, _ = ckpt.warm_start(state, config.train.warm_start.path,
+                                 config.train.warm_start.parts)
   if workdir:
     metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
   metrics_lines = _count_lines(workdir)
@@ -310,7 +322,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   if workdir:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(_jsonable(summary), f, indent=2)
-  summary["_state"] = state
+  summary["_state"] = state.train if isinstance(state, AsyncState) else state
   return summary
 
 
