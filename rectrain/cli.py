@@ -146,6 +146,9 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   try:
     return args.func(args)
+  except BrokenPipeError:  # output piped into e.g. `head`
+    sys.stderr.close()
+    return 0
   except (ValueError, KeyError, FileNotFoundError) as e:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"rectrain: error: {msg}", file=sys.stderr)
