@@ -71,10 +71,11 @@ import optax
 
 from rectrain.optim import (SparseOptimizer, StaleParams, delay_compensation as dc_transform,
                             fixed_staleness, random_staleness, round_robin_staleness,
-                            sparse_apply, stale_params_get, stale_params_init)
+                            stale_params_get, stale_params_init)
 from rectrain.optim.delay import delay_compensation_math
 from rectrain.optim.sparse import gather_rows, scatter_rows
-from rectrain.train.step import StepOutput, TrainState, make_forward, weighted_logloss
+from rectrain.train.step import (StepOutput, TrainState, apply_gradients, make_forward,
+                                 weighted_logloss)
 
 PyTree = Any
 
@@ -381,28 +382,10 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
     finite += [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves((g_dense, g_rows))]
     ok = jnp.all(jnp.stack(finite))
     keep = lambda new, old: jnp.where(ok, new, old)
-    keep_dense = lambda new, old: jnp.where(ok & train_dense, new, old)
-
-    updates, new_opt = dense_opt.update(g_dense, state.dense_opt_state, state.dense_params)
-    new_dense = optax.apply_updates(state.dense_params, updates)
-    new_dense = jax.tree.map(keep_dense, new_dense, state.dense_params)
-    new_opt = jax.tree.map(keep_dense, new_opt, state.dense_opt_state)
-
-    # A skipped batch scatters nothing: every id becomes the (dropped) padding id.
+    new_train = apply_gradients(state, g_dense, g_rows, unique_U, ok, dense_opt, sparse_opts,
+                                train_dense, train_tables)
+    # Padding id where the batch is skipped: nothing is scattered (as in apply_gradients).
     ids_U = jnp.where(ok & train_tables, unique_U, num_rows)
-    new_tables, new_table_opt = {}, {}
-    for name, table in state.tables.items():
-      new_tables[name], new_table_opt[name] = sparse_apply(
-          sparse_opts[name], table, state.table_opt_state[name], ids_U, g_rows[name], state.step)
-
-    new_train = TrainState(
-        step=state.step + ok.astype(jnp.int32),
-        dense_params=new_dense,
-        dense_opt_state=new_opt,
-        tables=new_tables,
-        table_opt_state=new_table_opt,
-        nonfinite=state.nonfinite + (~ok).astype(jnp.int32),
-    )
     dense_history, row_history = astate.dense_history, astate.row_history
     if max_tau > 0:
       dense_history = _push_if(dense_history, state.dense_params, ok)

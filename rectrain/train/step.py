@@ -86,6 +86,38 @@ def make_forward(model) -> Callable:
   return forward
 
 
+def apply_gradients(state: TrainState, g_dense, g_rows, unique_U, ok, dense_opt,
+                    sparse_opts: Dict[str, SparseOptimizer], train_dense: bool = True,
+                    train_tables: bool = True) -> TrainState:
+  """Applies dense and row-wise gradients; a batch with ``ok == False`` only counts.
+
+  ``g_rows[name]`` is the gradient w.r.t. the rows ``unique_U`` of table
+  ``name``. A skipped batch (or a frozen group) keeps parameters and optimizer
+  state: dense leaves are selected with ``where``, and the tables scatter
+  nothing because every id becomes the (dropped) padding id.
+  """
+  keep = lambda new, old: jnp.where(ok & train_dense, new, old)
+  updates, new_opt = dense_opt.update(g_dense, state.dense_opt_state, state.dense_params)
+  new_dense = optax.apply_updates(state.dense_params, updates)
+  new_dense = jax.tree_util.tree_map(keep, new_dense, state.dense_params)
+  new_opt = jax.tree_util.tree_map(keep, new_opt, state.dense_opt_state)
+
+  num_rows = next(iter(state.tables.values())).shape[0] if state.tables else 0
+  ids_U = jnp.where(ok & train_tables, unique_U, num_rows)
+  new_tables, new_table_opt = {}, {}
+  for name, table in state.tables.items():
+    new_tables[name], new_table_opt[name] = sparse_apply(
+        sparse_opts[name], table, state.table_opt_state[name], ids_U, g_rows[name], state.step)
+  return TrainState(
+      step=state.step + ok.astype(jnp.int32),
+      dense_params=new_dense,
+      dense_opt_state=new_opt,
+      tables=new_tables,
+      table_opt_state=new_table_opt,
+      nonfinite=state.nonfinite + (~ok).astype(jnp.int32),
+  )
+
+
 def make_train_step(model, dense_opt: optax.GradientTransformation,
                     sparse_opts: Dict[str, SparseOptimizer],
                     loss_fn: Callable = weighted_logloss, train_dense: bool = True,
@@ -115,29 +147,8 @@ def make_train_step(model, dense_opt: optax.GradientTransformation,
     finite += [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves((g_dense, g_rows))]
     ok = jnp.all(jnp.stack(finite))
 
-    updates, new_opt = dense_opt.update(g_dense, state.dense_opt_state, state.dense_params)
-    new_dense = optax.apply_updates(state.dense_params, updates)
-    keep = lambda new, old: jnp.where(ok & train_dense, new, old)
-    new_dense = jax.tree_util.tree_map(keep, new_dense, state.dense_params)
-    new_opt = jax.tree_util.tree_map(keep, new_opt, state.dense_opt_state)
-
-    # A skipped batch scatters nothing: every id becomes the (dropped) padding id.
-    num_rows = next(iter(state.tables.values())).shape[0] if state.tables else 0
-    ids_U = jnp.where(ok & train_tables, unique_U, num_rows)
-    new_tables, new_table_opt = {}, {}
-    for name, table in state.tables.items():
-      new_tables[name], new_table_opt[name] = sparse_apply(
-          sparse_opts[name], table, state.table_opt_state[name], ids_U,
-          g_rows[name], state.step)
-
-    new_state = TrainState(
-        step=state.step + ok.astype(jnp.int32),
-        dense_params=new_dense,
-        dense_opt_state=new_opt,
-        tables=new_tables,
-        table_opt_state=new_table_opt,
-        nonfinite=state.nonfinite + (~ok).astype(jnp.int32),
-    )
+    new_state = apply_gradients(state, g_dense, g_rows, unique_U, ok, dense_opt, sparse_opts,
+                                train_dense, train_tables)
     return new_state, StepOutput(jax.nn.sigmoid(logits_B), loss, ok,
                                  optax.tree.norm(g_dense), optax.tree.norm(g_rows))
 
