@@ -416,6 +416,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
   started = _now()
   if _experiment(config).get("oracle"):
     summary = run_bayes_ceiling(config, workdir)
+  elif config.offline.epochs:
+    from rectrain.train.loop import train_offline
+    summary = train_offline(config, workdir=workdir)
   else:
     from rectrain.train.loop import train_stream
     summary = train_stream(config, workdir=workdir)

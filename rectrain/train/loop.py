@@ -477,6 +477,7 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
     log.info("epoch %.2f test auc %.4f logloss %.4f", point["epoch"],
              test["auc"], test["logloss"])
 
+  started = time.time()
   initial_test = evaluate(predict, state.dense_params, state.tables, eval_data, num_rows)
   points.append({"epoch": 0.0, "batches": 0, "test": initial_test})
   progress = _Progress(config.train.progress, off.epochs * batches_per_epoch * config.data.batch_size, 0)
@@ -516,7 +517,16 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
     progress.close()
     if out_file:
       out_file.close()
-  result = {"points": points, "params": params, "batches_per_epoch": batches_per_epoch}
+  wall = time.time() - started
+  trained = int(off.epochs * config.data.max_rows)
+  final = points[-1]["test"]
+  best = max(points[1:] or points, key=lambda p: p["test"]["auc"])
+  result = {"points": points, "params": params, "batches_per_epoch": batches_per_epoch,
+            # The record's headline numbers: held-out metrics after the last epoch.
+            **{k: final.get(k) for k in ("auc", "logloss", "ne", "pcoc", "base_rate")},
+            "best_auc": best["test"]["auc"], "best_epoch": best["epoch"],
+            "rows": trained, "wall_time_sec": wall, "rows_per_sec": trained / max(wall, 1e-9),
+            "param_count": params["total"]}
   if workdir:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(_jsonable({**result, "model": config.model.name}), f, indent=2)
