@@ -25,17 +25,15 @@ def _cmd_run(args) -> int:
   configs.apply_overrides(config, args.set or [])
   workdir = args.workdir or os.path.join(
       "runs", f"{config.model.name}_{time.strftime('%Y%m%d-%H%M%S')}")
-  if config.offline.epochs:
-    from rectrain.train.loop import train_offline
-    result = train_offline(config, workdir=workdir)
-    print(format_offline(result))
-    print(f"\nrun directory: {workdir}  (config.json, offline.jsonl, summary.json)")
-    return 0
   from rectrain.experiment import reproduce_command, run_experiment
   summary = run_experiment(config, workdir, command=reproduce_command(
       args.config, workdir, args.arg, args.set or []))
+  if config.offline.epochs:
+    print(format_offline(summary))
+    print(f"\nrun directory: {workdir}  (run.json, config.json, offline.jsonl, summary.json)")
+    return 0
   print(format_summary(summary))
-  print(f"\nrun directory: {workdir}  (config.json, metrics.jsonl, summary.json)")
+  print(f"\nrun directory: {workdir}  (run.json, config.json, metrics.jsonl, summary.json)")
   return 0
 
 

@@ -29,7 +29,6 @@ model, so it has a summary and per-window curves like any run.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime as _dt
 import hashlib
@@ -536,7 +535,7 @@ def run_sweep(exp_dir: str, out_dir: str | None = None, arg: str | None = None,
 
   Each point runs into ``out_dir/<point name>`` (default
   ``runs/<experiment>/<point name>``), in a subprocess
-  ``python -m rectrain.experiment run EXP --arg ARG --set ... --workdir DIR``
+  ``python -m rectrain.cli run EXP --arg ARG --set ... --workdir DIR``
   (output in ``DIR/log.txt``), or in this process with ``in_process`` (jobs
   must then be 1). A finished run (:func:`is_finished`) is skipped if its
   recorded config hash equals the point's; a different hash is an error unless
@@ -610,7 +609,7 @@ def run_sweep(exp_dir: str, out_dir: str | None = None, arg: str | None = None,
 
 
 def _worker_command(exp_dir: str, arg: str | None, st: Mapping[str, Any]) -> List[str]:
-  cmd = [sys.executable, "-m", "rectrain.experiment", "run", exp_dir]
+  cmd = [sys.executable, "-m", "rectrain.cli", "run", exp_dir]
   if arg is not None:
     cmd += ["--arg", arg]
   for item in st["overrides"]:
@@ -1072,21 +1071,6 @@ def _split_list(values: Sequence[str] | None) -> List[str]:
   return out
 
 
-def _cmd_run(args) -> int:
-  from rectrain import configs
-  from rectrain.cli import format_summary
-
-  config = configs.load_config(args.config, args.arg) if args.config else configs.default_config()
-  configs.apply_overrides(config, args.set or [])
-  workdir = args.workdir or os.path.join(
-      "runs", f"{config.model.name}_{time.strftime('%Y%m%d-%H%M%S')}")
-  command = reproduce_command(args.config, workdir, args.arg, args.set or [])
-  summary = run_experiment(config, workdir, command=command)
-  print(format_summary(summary))
-  print(f"\nrun directory: {workdir}  (run.json, config.json, metrics.jsonl, summary.json)")
-  return 0
-
-
 def _cmd_sweep(args) -> int:
   statuses = run_sweep(args.experiment, out_dir=args.out, arg=args.arg,
                        overrides=args.set or [], jobs=args.jobs,
@@ -1118,16 +1102,8 @@ def _cmd_plot(args) -> int:
   return 0
 
 
-def add_experiment_commands(subparsers, include_run: bool = False) -> None:
-  """Registers ``sweep``, ``table`` and ``plot`` (and ``run`` with ``include_run``)."""
-  if include_run:
-    run = subparsers.add_parser("run", help="one run of a config, with its run record")
-    run.add_argument("config", nargs="?", default=None, help="config .py file or experiment dir")
-    run.add_argument("--arg", default=None, help="argument for get_config(arg), e.g. smoke")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
-    run.add_argument("--workdir", default=None, help="run directory")
-    run.set_defaults(func=_cmd_run)
-
+def add_experiment_commands(subparsers) -> None:
+  """Registers ``sweep``, ``table`` and ``plot`` on the ``rectrain`` command line."""
   sweep = subparsers.add_parser("sweep", help="run the points of an experiment's get_sweep()")
   sweep.add_argument("experiment", help="experiment dir (holding config.py)")
   sweep.add_argument("--arg", default=None, help="argument for get_config / get_sweep, e.g. smoke")
@@ -1165,18 +1141,9 @@ def add_experiment_commands(subparsers, include_run: bool = False) -> None:
 
 
 def main(argv=None) -> int:
-  """``python -m rectrain.experiment {run,sweep,table,plot}`` (the sweep's worker entry)."""
-  parser = argparse.ArgumentParser(prog="python -m rectrain.experiment", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = parser.add_subparsers(dest="command", required=True)
-  add_experiment_commands(sub, include_run=True)
-  args = parser.parse_args(argv)
-  try:
-    return args.func(args)
-  except (ValueError, KeyError, FileNotFoundError) as e:
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"rectrain: error: {msg}", file=sys.stderr)
-    return 2
+  """``python -m rectrain.experiment ...`` is the ``rectrain`` command line."""
+  from rectrain.cli import main as cli_main
+  return cli_main(argv)
 
 
 if __name__ == "__main__":

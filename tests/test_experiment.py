@@ -416,3 +416,20 @@ def test_criteo_smoke_sweep_cli(tmp_path, capsys):
   assert ex.main(["table", out, "--windows", "rows", "--metrics", "auc", "--format", "latex"]) == 0
   header = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("Model & Seeds"))
   assert header.count("AUC win") == 7
+
+
+def test_offline_config_runs_the_offline_protocol_and_records_last_point(tmp_path):
+  config = configs.default_config()
+  configs.apply_overrides(config, [
+      "model.name=lr", "data.max_rows=2048", "data.batch_size=512", "data.cat_buckets=512",
+      "offline.epochs=2", "offline.evals_per_epoch=2", "offline.eval_data.start_row=2048",
+      "offline.eval_data.max_rows=1024", "train.progress=False"])
+  summary = ex.run_experiment(config, str(tmp_path / "run"))
+  record = json.load(open(tmp_path / "run" / "run.json"))
+  points = [json.loads(line) for line in open(tmp_path / "run" / "offline.jsonl")]
+  assert [p["epoch"] for p in points] == [0.5, 1.0, 1.5, 2.0]
+  assert record["metrics"]["auc"] == pytest.approx(points[-1]["test"]["auc"], abs=1e-12)
+  assert record["metrics"]["logloss"] == pytest.approx(points[-1]["test"]["logloss"], abs=1e-12)
+  assert record["rows"] == 2 * 2048 and record["rows_per_sec"] > 0
+  best = max(points, key=lambda p: p["test"]["auc"])
+  assert summary["best_epoch"] == best["epoch"]
