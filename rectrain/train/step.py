@@ -45,8 +45,8 @@ class StepOutput(NamedTuple):
   preds_B: jax.Array   # predicted probabilities before learning the batch
   loss: jax.Array      # weighted mean log loss of the batch (pre-update)
   applied: jax.Array   # bool: False when the batch was skipped as non-finite
-  grad_norm_dense: jax.Array = jnp.zeros(())   # L2 norm of the dense gradient
-  grad_norm_tables: jax.Array = jnp.zeros(())  # L2 norm of the touched rows' gradient
+  grad_norm_dense: Any = 0.0    # L2 norm of the dense gradient
+  grad_norm_tables: Any = 0.0   # L2 norm of the touched rows' gradient
 
 
 def init_train_state(dense_params, tables, dense_opt: optax.GradientTransformation,
