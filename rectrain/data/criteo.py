@@ -308,7 +308,8 @@ def parse_columns(columns: Sequence[pa.Array]) -> RawBlock:
   return RawBlock(label, ints, int_missing, cats, cat_missing, reason, bad_col)
 
 
-def encode_block(raw: RawBlock, layout: hashing.FieldLayout, int_mode: str) -> dict:
+def encode_block(raw: RawBlock, layout: hashing.FieldLayout, int_mode: str,
+                 raw_ids: bool = False) -> dict:
   """Hashes and transforms every line of ``raw`` into batch columns.
 
   ``cat[n, f] = offsets[f] + bucket`` with ``bucket = 0`` for a missing value
@@ -317,7 +318,9 @@ def encode_block(raw: RawBlock, layout: hashing.FieldLayout, int_mode: str) -> d
 
   Returns:
     ``label`` (N,) float32, ``cat`` (N, F) int32 global row ids, ``dense``
-    (N, I) float32 (I = 13 in log1p mode, 0 in categorical mode).
+    (N, I) float32 (I = 13 in log1p mode, 0 in categorical mode); with
+    ``raw_ids`` also the unhashed values ``raw_ids`` (N, F) uint64 (0 where
+    missing) and ``raw_missing`` (N, F) bool, for :mod:`rectrain.data.idmap`.
   """
   n = raw.num_lines
   offsets = layout.offsets
@@ -338,7 +341,11 @@ def encode_block(raw: RawBlock, layout: hashing.FieldLayout, int_mode: str) -> d
   bucket_FxN[missing] = 0
   bucket_FxN += offsets[:-1, None]
   cat_NxF = bucket_FxN.T.astype(np.int32, order="C")
-  return {"label": raw.label_N.astype(np.float32), "cat": cat_NxF, "dense": dense_NxI}
+  out = {"label": raw.label_N.astype(np.float32), "cat": cat_NxF, "dense": dense_NxI}
+  if raw_ids:
+    out["raw_ids"] = np.where(missing, np.uint64(0), values).T.astype(np.uint64, order="C")
+    out["raw_missing"] = np.ascontiguousarray(missing.T)
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -469,7 +476,7 @@ class BlockStream:
   def __init__(self, batch_size: int, cat_buckets: int | Sequence[int] = 1 << 20,
                int_mode: str = "log1p", int_buckets: int = 512, bad_lines: str = "skip",
                max_rows: int | None = None, shuffle_buffer: int = 0, seed: int = 0,
-               max_reported: int = 10, workers: int = 2):
+               max_reported: int = 10, workers: int = 2, raw_ids: bool = False):
     if int(batch_size) < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if bad_lines not in ("skip", "error"):
@@ -491,6 +498,7 @@ class BlockStream:
     self.seed = int(seed)
     self.max_reported = int(max_reported)
     self.workers = int(workers)
+    self.raw_ids = bool(raw_ids)
     self._reset_report()
 
   @property
@@ -536,7 +544,7 @@ class BlockStream:
 
   def _encode(self, raw: RawBlock) -> dict:
     """Row-major columns of every row of ``raw`` (runs in a parse thread)."""
-    return encode_block(raw, self.layout, self.int_mode)
+    return encode_block(raw, self.layout, self.int_mode, self.raw_ids)
 
   def _work(self, item: RawItem) -> Parsed:
     """Per-unit work of the parse threads: read, decode, hash."""
@@ -672,15 +680,18 @@ class CriteoStream(BlockStream):
     max_reported: bad lines kept in ``report()["first_errors"]`` and logged.
     workers: parse threads (0: read and parse in the consuming thread).
     block_size: bytes of whole lines per parse unit (one pyarrow read each).
+    raw_ids: also yield the unhashed values ``raw_ids`` (B, F) uint64 and
+      ``raw_missing`` (B, F) bool (see :func:`encode_block`), the input of
+      :class:`rectrain.data.idmap.IdMap`.
   """
 
   def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], batch_size: int,
                cat_buckets: int | Sequence[int] = 1 << 20, int_mode: str = "log1p",
                int_buckets: int = 512, bad_lines: str = "skip", max_rows: int | None = None,
                shuffle_buffer: int = 0, seed: int = 0, max_reported: int = 10,
-               workers: int = 2, block_size: int = 1 << 21):
+               workers: int = 2, block_size: int = 1 << 21, raw_ids: bool = False):
     super().__init__(batch_size, cat_buckets, int_mode, int_buckets, bad_lines, max_rows,
-                     shuffle_buffer, seed, max_reported, workers)
+                     shuffle_buffer, seed, max_reported, workers, raw_ids=raw_ids)
     if isinstance(paths, (str, os.PathLike)):
       paths = [paths]
     self.paths = [os.fspath(p) for p in paths]

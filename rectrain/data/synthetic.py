@@ -587,6 +587,12 @@ class SyntheticStream:
   are not stream arguments override keys of ``config`` (``drift=dict(strength=0)``
   updates a nested group).
 
+  With ``raw_ids=True`` every batch also carries the unhashed ids (for
+  :mod:`rectrain.data.idmap`): ``raw_ids`` (B, F) uint64, the raw value of
+  every field (the uint32 Criteo value of C1..C26, the
+  :func:`hashing.log_square_token` of I1..I13 in categorical mode; 0 where
+  missing) and ``raw_missing`` (B, F) bool.
+
   Attributes: ``batch_size``, ``layout`` (:class:`hashing.FieldLayout`),
   ``num_rows`` (rows of the fused table), ``num_dense``, ``config``.
   """
@@ -594,7 +600,7 @@ class SyntheticStream:
   def __init__(self, config: Mapping[str, Any] | None = None, *, batch_size: int = 4096,
                cat_buckets: int | Sequence[int] = 1 << 18, int_mode: str = "log1p",
                int_buckets: int = 512, num_rows_total: int | None = None,
-               seed: int = 0, start_row: int = 0, **overrides):
+               seed: int = 0, start_row: int = 0, raw_ids: bool = False, **overrides):
     self.config = resolve_config(config, **overrides)
     if int(batch_size) < 1:
       raise ValueError(f"SyntheticStream: batch_size must be >= 1, got {batch_size}")
@@ -610,6 +616,7 @@ class SyntheticStream:
     self.num_rows_total = None if num_rows_total is None else int(num_rows_total)
     self.seed = int(seed)
     self.start_row = int(start_row)
+    self.raw_ids = bool(raw_ids)
     self._bias = None
     self._rows_read = 0
 
@@ -671,6 +678,7 @@ class SyntheticStream:
   # ---- batches --------------------------------------------------------------------
   def _to_batch(self, rows) -> batch_lib.Batch:
     n = rows["index"].shape[0]
+    tokens_IxN = None
     if self.int_mode == "log1p":
       cat = rows["cat"]
       dense = hashing.log1p_transform(rows["ints"], rows["int_missing"])
@@ -683,7 +691,7 @@ class SyntheticStream:
       bucket_IxN += self.layout.offsets[NUM_CAT:-1, None]
       cat = np.concatenate([rows["cat"], bucket_IxN.T.astype(np.int32)], axis=1)
       dense = np.zeros((n, 0), dtype=np.float32)
-    return {
+    out = {
         "label": rows["label"].astype(np.float32),
         "weight": np.ones((n,), dtype=np.float32),
         "cat": cat.astype(np.int32, copy=False),
@@ -693,11 +701,23 @@ class SyntheticStream:
         "true_prob": rows["true_prob"],
         "delay": rows["delay"],
     }
+    if self.raw_ids:
+      raw = rows["values"].astype(np.uint64)
+      raw[rows["cat_missing"]] = 0
+      missing = rows["cat_missing"]
+      if tokens_IxN is not None:
+        tok = tokens_IxN.T.copy()
+        tok[rows["int_missing"]] = 0
+        raw = np.concatenate([raw, tok], axis=1)
+        missing = np.concatenate([missing, rows["int_missing"]], axis=1)
+      out["raw_ids"] = raw
+      out["raw_missing"] = missing
+    return out
 
   def __iter__(self) -> Iterator[batch_lib.Batch]:
     self._rows_read = 0
     pending, have = [], 0       # chunks not yet yielded, and their row count
-    for rows in self.raw_blocks():
+    for rows in self.raw_blocks(want_values=self.raw_ids):
       chunk = self._to_batch(rows)
       n = chunk["index"].shape[0]
       start = 0
