@@ -763,6 +763,8 @@ _METRICS = {
     "rows": ("rows", None, ",.0f"),
     "nonfinite_batches": ("non-finite batches", None, ",.0f"),
     "skipped_rows": ("skipped rows", None, ",.0f"),
+    "best_auc": ("best AUC", "max", ".4f"),
+    "best_epoch": ("best epoch", None, ".2f"),
 }
 DEFAULT_METRICS = ("auc", "logloss", "ne", "pcoc")
 
