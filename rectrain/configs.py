@@ -17,6 +17,7 @@ import ml_collections
 
 from rectrain.models import default_model_config
 from rectrain.train.async_sim import async_config_defaults
+from rectrain.data.idmap import idmap_config_defaults
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -36,6 +37,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.bad_lines = "skip"     # skip (counted) | error
   c.data.prefetch = 4           # groups of batches prepared ahead in a background thread
   c.data.start_row = 0           # synthetic: first row of the stream (e.g. held-out rows)
+  # Random split by row index (rectrain/data/split.py); with a split, max_rows
+  # counts rows OF THE SPLIT and shuffle_buffer shuffles the split's rows.
+  c.data.split = ""              # "" = every row | train | valid | test
+  c.data.split_ratios = (7, 2, 1)  # train:valid:test shares
+  c.data.split_seed = 0          # seed of the row -> split hash
   c.data.synthetic = _synthetic_defaults()
 
   c.model = default_model_config("deepfm")
@@ -58,6 +64,23 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.async_sim = async_config_defaults()
   c.train.warm_start = ml_collections.ConfigDict(
       {"path": "", "parts": "all"})  # parts: all | embeddings | dense
+
+  # Collision-free id -> row map (rectrain/data/idmap.py) instead of hashing;
+  # off = hashed buckets. The loop resets a (re)assigned row's embedding and
+  # optimizer state in the step, at most max_admit_per_batch rows per batch
+  # (a static shape; more new ids wait for their next sighting; 0 = no cap).
+  c.idmap = idmap_config_defaults()
+  c.idmap.max_admit_per_batch = 4096
+
+  # Serving copy (rectrain/train/serving.py): predictions come from a served
+  # copy of the parameters refreshed from the live ones every sync_*_s seconds
+  # of event time, tables and dense separately; 0 = the live model serves (no
+  # copy), inf = synced at the first batch only (a frozen model);
+  # freeze_after_s > 0: no refresh after that event time. train.learn=False
+  # scores without learning (e.g. a warm-started model on later days).
+  c.serving = ml_collections.ConfigDict(
+      {"sync_tables_s": 0.0, "sync_dense_s": 0.0, "freeze_after_s": 0.0})
+  c.train.learn = True
 
   # Offline protocol (rectrain.train.loop.train_offline): K epochs, held-out eval.
   c.offline = ml_collections.ConfigDict()
@@ -186,3 +209,55 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config model.dropout_rate > 0 is not supported by the training step yet")
   if config.data.source in ("criteo", "hf") and not config.data.path:
     raise ValueError(f"config data.path is required for data.source={config.data.source!r}")
+  _validate_split(config)
+  _validate_serving(config)
+
+
+def _validate_serving(config: ml_collections.ConfigDict) -> None:
+  """serving.* (intervals >= 0 or inf, freeze >= 0) and train.learn."""
+  import math
+  serving = config.get("serving", None) or {}
+  for key in ("sync_tables_s", "sync_dense_s", "freeze_after_s"):
+    value = serving.get(key, 0.0)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    if not ok or (key == "freeze_after_s" and math.isinf(value)):
+      allowed = "a number >= 0" if key == "freeze_after_s" else "a number >= 0 or inf"
+      raise ValueError(f"config serving.{key}={value!r}: must be {allowed} (seconds of event time)")
+  learn = config.train.get("learn", True)
+  if not isinstance(learn, bool):
+    raise ValueError(f"config train.learn={learn!r}: must be True or False")
+  if not learn and config.train.async_sim.enabled:
+    raise ValueError("config train.learn=False with train.async_sim.enabled=True: "
+                     "the asynchronous simulator always learns")
+  stale = any(serving.get(k, 0.0) for k in ("sync_tables_s", "sync_dense_s", "freeze_after_s"))
+  if stale and config.get("idmap", {}).get("enabled", False):
+    raise ValueError("config serving.* with idmap.enabled=True: a served copy is not supported "
+                     "with the id map (a re-assigned row would serve the evicted id's "
+                     "embedding); set the serving intervals to 0 or idmap.enabled=False")
+
+
+_SPLIT_DEFAULTS = {"split": "", "split_ratios": (7, 2, 1), "split_seed": 0}
+
+
+def _validate_split(config: ml_collections.ConfigDict) -> None:
+  """data.split / split_ratios / split_seed, and their offline.eval_data overrides."""
+  from rectrain.data.split import SPLITS, check_ratios
+  eval_data = config.get("offline", {}).get("eval_data", None) or {}
+  scopes = [{}]
+  if any(k in eval_data for k in _SPLIT_DEFAULTS):
+    scopes.append(eval_data)
+  for scope in scopes:
+    def get(k):
+      if k in scope:
+        return f"offline.eval_data.{k}", scope[k]
+      return f"data.{k}", config.data.get(k, _SPLIT_DEFAULTS[k])
+    (split_key, split), (ratios_key, ratios), (seed_key, seed) = (
+        get("split"), get("split_ratios"), get("split_seed"))
+    if split not in ("",) + SPLITS:
+      raise ValueError(f"config {split_key}={split!r}: must be '' (every row) or one of {SPLITS}")
+    ratios = check_ratios(ratios, key=f"config {ratios_key}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+      raise ValueError(f"config {seed_key}={seed!r}: must be an integer >= 0")
+    if split and ratios[SPLITS.index(split)] == 0:
+      raise ValueError(f"config {split_key}={split!r}: its share in {ratios_key}="
+                       f"{tuple(ratios)!r} is 0, so the split is empty")

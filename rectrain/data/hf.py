@@ -58,6 +58,8 @@ class HFStream(BlockStream):
     header: whether text files start with a header line naming the columns;
       without one the columns are named ``label, I1..I13, C1..C26``.
     block_rows: rows per block taken from ``datasets``.
+    raw_ids: also yield the unhashed ids ``raw_ids`` / ``raw_missing`` (as
+      :class:`rectrain.data.criteo.CriteoStream`; for :mod:`rectrain.data.idmap`).
     **load_kwargs: passed to ``datasets.load_dataset``.
   """
 
@@ -67,9 +69,9 @@ class HFStream(BlockStream):
                max_rows: int | None = None, shuffle_buffer: int = 0, seed: int = 0,
                max_reported: int = 10, workers: int = 2, config: str | None = None,
                split: str = "train", delimiter: str | None = None, header: bool = False,
-               block_rows: int = 8192, **load_kwargs):
+               block_rows: int = 8192, raw_ids: bool = False, **load_kwargs):
     super().__init__(batch_size, cat_buckets, int_mode, int_buckets, bad_lines, max_rows,
-                     shuffle_buffer, seed, max_reported, workers)
+                     shuffle_buffer, seed, max_reported, workers, raw_ids=raw_ids)
     if isinstance(name_or_files, (str, os.PathLike)):
       items = [os.fspath(name_or_files)]
     else:
