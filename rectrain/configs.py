@@ -75,8 +75,8 @@ def default_config() -> ml_collections.ConfigDict:
   # Serving copy (rectrain/train/serving.py): predictions come from a served
   # copy of the parameters refreshed from the live ones every sync_*_s seconds
   # of event time, tables and dense separately; 0 = the live model serves (no
-  # copy), inf = synced at the first batch only (a frozen model);
-  # freeze_after_s > 0: no refresh after that event time. train.learn=False
+  # copy), inf (--set ...=1e999) = synced at the first batch only (a frozen
+  # model); freeze_after_s > 0: no refresh after that event time. train.learn=False
   # scores without learning (e.g. a warm-started model on later days).
   c.serving = ml_collections.ConfigDict(
       {"sync_tables_s": 0.0, "sync_dense_s": 0.0, "freeze_after_s": 0.0})
@@ -87,7 +87,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.offline.epochs = 0             # 0 = streaming (one pass, progressive validation)
   c.offline.evals_per_epoch = 4
   c.offline.between_epochs = "none"  # none | reinit | freeze | dense_only | tables_only
-  c.offline.eval_data = ml_collections.ConfigDict({"start_row": 0, "max_rows": 0})
+  # data keys overridden for the held-out stream ("" path = data.path)
+  c.offline.eval_data = ml_collections.ConfigDict({"start_row": 0, "max_rows": 0, "path": ""})
 
   c.metrics = ml_collections.ConfigDict()
   c.metrics.window_rows = 100_000      # count windows of N rows; 0 = none

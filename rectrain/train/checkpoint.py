@@ -3,7 +3,8 @@
 Layout: ``DIR/checkpoints/<batches>/state`` (orbax, the whole TrainState) and
 ``DIR/checkpoints/<batches>/meta.json`` (stream position, metric state, ...).
 ``meta.json`` is written last, so a checkpoint without it (a run killed while
-saving) is ignored by :func:`latest_checkpoint`.
+saving) is ignored by :func:`latest_checkpoint`. Extra files (e.g. the id map's
+``idmap.npz``) are written before it, so a complete checkpoint has them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import logging
 import os
 import shutil
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -25,8 +26,13 @@ def _dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def save_checkpoint(workdir: str, batches: int, state, meta: dict, keep: int = 2) -> str:
-  """Saves ``state`` and ``meta`` as checkpoint number ``batches``; keeps the last ``keep``."""
+def save_checkpoint(workdir: str, batches: int, state, meta: dict, keep: int = 2,
+                    extra_files: Mapping[str, Callable[[str], None]] | None = None) -> str:
+  """Saves ``state`` and ``meta`` as checkpoint number ``batches``; keeps the last ``keep``.
+
+  ``extra_files`` maps a file name to a function ``write(path)``; each writes
+  ``<checkpoint>/<name>`` after the state and before ``meta.json``.
+  """
   path = os.path.join(_dir(workdir), f"{batches:012d}")
   if os.path.exists(path):
     shutil.rmtree(path)
@@ -34,6 +40,11 @@ def save_checkpoint(workdir: str, batches: int, state, meta: dict, keep: int = 2
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(path, "state"), state)
   checkpointer.wait_until_finished()
+  for name, write in (extra_files or {}).items():
+    if os.path.basename(name) != name or name in ("state", "meta.json"):
+      raise ValueError(f"save_checkpoint: extra file name {name!r} must be a plain file name "
+                       "other than 'state' and 'meta.json'")
+    write(os.path.join(path, name))
   tmp = os.path.join(path, "meta.json.tmp")
   with open(tmp, "w") as f:
     json.dump(meta, f)

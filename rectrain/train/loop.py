@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 import rectrain.metrics as metrics_lib  # noqa: E402
+from rectrain.data import idmap as idmap_lib
 from rectrain.data import make_stream
 from rectrain.data.batch import DEVICE_KEYS
 from rectrain.data.pipeline import prefetch, with_unique
@@ -28,11 +29,12 @@ from rectrain.models import build_model, count_params, init_tables
 from rectrain.optim import get_optimizer, get_sparse_optimizer
 from rectrain.train import checkpoint as ckpt
 from rectrain.train.async_sim import AsyncState, make_async_train_step_from_config
+from rectrain.train import serving as serving_lib
 from rectrain.train.step import init_train_state, make_multi_step, make_train_step
 
 log = logging.getLogger(__name__)
 
-HOST_KEYS = ("label", "weight", "time", "cat", "index", "true_prob")
+HOST_KEYS = ("label", "weight", "time", "cat", "index", "true_prob", "idmap_counters")
 # Seconds to sleep after each dispatch: a testing aid for the crash-and-resume
 # test (it makes a run slow enough to be killed mid-stream). Never set in use.
 _DEBUG_DELAY = float(os.environ.get("RECTRAIN_DEBUG_DISPATCH_DELAY", "0") or 0)
@@ -132,8 +134,18 @@ class _Progress:
 
 
 def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
-                 stream=None, resume: bool = True) -> dict:
+                 stream=None, resume: bool = True, keep_predictions: bool = False) -> dict:
   """Runs one pass over the configured stream with progressive validation.
+
+  ``config.serving`` (rectrain/train/serving.py): predictions come from a
+  served copy of the parameters refreshed from the live ones every
+  ``sync_tables_s`` / ``sync_dense_s`` seconds of event time (0 = the live
+  model serves, the default; ``freeze_after_s`` stops the refreshes).
+  ``train.learn=False`` scores without learning (e.g. a warm-started, frozen
+  model on later days). ``train.warm_start.path`` starting with ``@`` names a
+  path relative to the parent of ``workdir`` (a sibling run of a sweep), and
+  ``{seed}`` in it is replaced by ``config.seed``, so one config serves every
+  seed: ``@old_seed{seed}/checkpoints/000000000512``.
 
   Args:
     config: a run config (see rectrain/configs.py).
@@ -141,28 +153,50 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       None keeps everything in memory (no checkpoints).
     stream: an already built stream (else ``make_stream(config.data, seed)``).
     resume: continue from the latest checkpoint in ``workdir`` if there is one.
+    keep_predictions: also return the predictions of every real row, in
+      stream order, under ``"_predictions"`` (for tests and analysis).
+
+  ``config.idmap.enabled``: the stream yields raw ids and the collision-free
+  map (rectrain/data/idmap.py) assigns table rows in the input pipeline
+  instead of hashing; the step first resets the rows (re)assigned in the
+  batch; the map's state is saved with every checkpoint (``idmap.npz``); its
+  statistics go to metrics.jsonl (``"idmap"`` windows) and the summary.
 
   Returns:
     the summary dict (also written to ``workdir/summary.json``), with the
-    final state under the key ``"_state"`` (not serialised).
+    final (live) state under the key ``"_state"`` and, with the id map, the
+    map under ``"_idmap"`` (neither serialised).
   """
   from rectrain.configs import validate
   validate(config)
   t_start = time.perf_counter()
+  use_idmap = _idmap_enabled(config)
   if stream is None:
-    stream = make_stream(config.data, seed=config.seed)
-  num_rows = stream.num_rows
+    stream = make_stream(config.data, seed=config.seed, raw_ids=use_idmap)
+  im = idmap_lib.from_config(config.idmap, stream.layout, config.data.batch_size) if use_idmap else None
+  num_rows = stream.num_rows if im is None else im.num_rows
   num_fields = stream.layout.num_fields
   num_dense = stream.num_dense
   model, state, dense_opt, sparse_opts, params = create_model_and_state(
       config, num_rows, num_fields, num_dense)
-  step_fn = make_train_step(model, dense_opt, sparse_opts)
+  learn = bool(config.train.get("learn", True))
+  step_fn = make_train_step(model, dense_opt, sparse_opts, train_dense=learn, train_tables=learn)
   if config.train.async_sim.enabled:
     # Simulated asynchronous training: gradients computed at stale parameters.
     async_init, step_fn = make_async_train_step_from_config(
         model, dense_opt, sparse_opts, config.train.async_sim,
         max_unique=config.data.batch_size * num_fields)  # = with_unique's default U
     state = async_init(state)  # before restore: it is the checkpoint template
+  if im is not None:  # reset (re)assigned rows and their optimizer state before each step
+    step_fn = idmap_lib.with_row_reset(step_fn, model.table_specs(), sparse_opts,
+                                       jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
+  serving = config.get("serving", None)
+  schedules = None
+  if serving_lib.serving_enabled(serving):  # predictions from a served copy, synced on event time
+    stale = serving_lib.stale_groups(serving)
+    step_fn = serving_lib.make_serving_step(step_fn, model, *stale)
+    state = serving_lib.init_serving_state(state, *stale)  # before restore: the checkpoint template
+    schedules = _sync_schedules(serving)
   multi = make_multi_step(step_fn)
 
   window = _make_windows(config, stream)
@@ -172,6 +206,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   ceiling = metrics_lib.MetricAccumulator()
   batches_done = 0
   rows_done = 0
+  im_windows = _IdMapWindows(config.metrics.window_rows) if im is not None else None
   metrics_file = None
   if workdir:
     os.makedirs(workdir, exist_ok=True)
@@ -180,20 +215,24 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   resumed_from = None
   if workdir and resume and ckpt.latest_checkpoint(workdir):
     path = ckpt.latest_checkpoint(workdir)
+    if ("serving" in _meta_of(path)) != (schedules is not None):
+      raise ValueError(f"{path}: checkpoint written with serving "
+                       f"{'on' if schedules is None else 'off'} but config.serving has it "
+                       f"{'off' if schedules is None else 'on'}; use another workdir")
     state, meta = ckpt.restore_checkpoint(path, state)
     batches_done, rows_done = meta["batches"], meta["rows"]
+    if schedules is not None:
+      schedules = _sync_schedules(serving, meta["serving"])
     overall = metrics_lib.MetricAccumulator.from_state(meta["overall"])
     ceiling = metrics_lib.MetricAccumulator.from_state(meta["ceiling"])
     window = metrics_lib.WindowedMetrics.from_state(meta["windows"])
+    if im is not None:
+      im, im_windows = _idmap_restore(path, meta, config.metrics.window_rows)
     resumed_from = path
     _truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), meta["metrics_lines"])
   elif config.train.warm_start.path:
-    if isinstance(state, AsyncState):
-      state = state._replace(train=ckpt.warm_start(
-          state.train, config.train.warm_start.path, config.train.warm_start.parts)[0])
-    else:
-      state, _ = ckpt.warm_start(state, config.train.warm_start.path,
-                                 config.train.warm_start.parts)
+    state = _warm_start(state, _warm_start_path(config.train.warm_start.path, workdir, config.seed),
+                        config.train.warm_start.parts)
   if workdir:
     metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
   metrics_lines = _count_lines(workdir)
@@ -203,8 +242,15 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   slice_cols = [stream.layout.names.index(s) for s in slice_fields]
 
   source = _skip(iter(stream), batches_done)
-  source = with_unique(source, num_rows)
-  groups = prefetch(_grouped(source, k), config.data.prefetch)
+  if im is None:
+    source = with_unique(source, num_rows)
+    groups = _grouped(source, k)
+  else:  # skipped batches were seen by the restored map: remap after the skip
+    groups = idmap_lib.with_state_snapshots(
+        _grouped(idmap_lib.with_idmap(source, im), k), im,
+        config.train.checkpoint_every if workdir else 0, batches_done)
+  groups = prefetch(groups, config.data.prefetch)
+  device_keys = DEVICE_KEYS + (idmap_lib.RESET_KEYS if im is not None else ())
   total = config.data.max_rows or None
   progress = _Progress(config.train.progress, total, rows_done)
 
@@ -212,6 +258,8 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     nonlocal metrics_lines, rows_done, nonfinite_rows
     n, host, out = pending
     preds = np.asarray(out.preds_B).reshape(-1)
+    if keep_predictions:
+      kept_predictions.append(preds[host["weight"].reshape(-1) > 0])
     applied = np.asarray(out.applied)
     if config.train.nonfinite == "raise" and not applied.all():
       bad = int(np.argmin(applied))
@@ -235,18 +283,28 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       if metrics_file:
         metrics_file.write(json.dumps(_jsonable(w)) + "\n")
         metrics_lines += 1
+    if im_windows is not None:
+      rows_B = (weights.reshape(n, -1) > 0).sum(axis=1)
+      for rec in im_windows.update(host["idmap_counters"], rows_B, rows_done):
+        if metrics_file:
+          metrics_file.write(json.dumps(_jsonable(rec)) + "\n")
+          metrics_lines += 1
     real = int((weights > 0).sum())
     rows_done += real
     progress.update(real, overall.result())
 
   nonfinite_rows = 0
+  kept_predictions = []
   pending = None
   t_first = None
   rows_at_first = rows_done
   dispatches = 0
   try:
     for n, group in groups:
-      device_batch = {key: group[key] for key in DEVICE_KEYS}
+      device_batch = {key: group[key] for key in device_keys}
+      if schedules is not None:
+        for key, schedule in zip(serving_lib.SYNC_KEYS, schedules):
+          device_batch[key] = schedule.flags(group["time"], group["weight"])
       state, out = multi(state, device_batch)
       batches_done += n
       dispatches += 1
@@ -268,10 +326,12 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
           pending = None
         if metrics_file:
           metrics_file.flush()
+        im_meta, im_files = _idmap_checkpoint(im_windows, group, batches_done)
         ckpt.save_checkpoint(workdir, batches_done, state, {
             "batches": batches_done, "rows": rows_done, "overall": overall.state(), "ceiling": ceiling.state(),
-            "windows": window.state(), "metrics_lines": metrics_lines},
-            keep=config.train.keep_checkpoints)
+            "windows": window.state(), "metrics_lines": metrics_lines, **im_meta,
+            **_serving_meta(schedules)},
+            keep=config.train.keep_checkpoints, extra_files=im_files)
     if pending is not None:
       record(pending)
     jax.block_until_ready(state)
@@ -282,14 +342,22 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   for w in window.finalize_windows():
     if metrics_file:
       metrics_file.write(json.dumps(_jsonable(w)) + "\n")
+  for rec in (im_windows.final_records(rows_done) if im_windows is not None else []):
+    if metrics_file:
+      metrics_file.write(json.dumps(_jsonable(rec)) + "\n")
   if metrics_file:
     metrics_file.close()
   if workdir:
+    im_meta, im_files = _idmap_checkpoint(im_windows, {"_idmap_state": im.state()} if im is not None else {},
+                                          batches_done)
     ckpt.save_checkpoint(workdir, batches_done, state, {
         "batches": batches_done, "rows": rows_done, "overall": overall.state(), "ceiling": ceiling.state(),
-        "windows": window.state(), "metrics_lines": metrics_lines, "final": True},
-        keep=config.train.keep_checkpoints)
+        "windows": window.state(), "metrics_lines": metrics_lines, "final": True, **im_meta,
+        **_serving_meta(schedules)},
+        keep=config.train.keep_checkpoints, extra_files=im_files)
 
+  served = state
+  state = state.live if isinstance(state, serving_lib.ServingState) else state
   result = overall.result()
   bayes = ceiling.result() if ceiling.result()["rows"] else {}
   report = stream.report()
@@ -318,12 +386,182 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       "param_count": params["total"],
       "variation": window.variation(),
       "resumed_from": resumed_from,
+      "table_bytes": _table_bytes(state),
   }
+  if im is not None:
+    summary.update(_idmap_summary(im, im_windows))
+  if schedules is not None:
+    summary["serving"] = {"table_syncs": schedules[0].syncs, "dense_syncs": schedules[1].syncs,
+                          "tables_served_copy": bool(served.served_tables),
+                          "dense_served_copy": bool(served.served_dense)}
   if workdir:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(_jsonable(summary), f, indent=2)
   summary["_state"] = state.train if isinstance(state, AsyncState) else state
+  if im is not None:
+    summary["_idmap"] = im
+  if keep_predictions:
+    summary["_predictions"] = (np.concatenate(kept_predictions) if kept_predictions
+                               else np.zeros((0,), np.float32))
   return summary
+
+
+# ---------------------------------------------------------------------------
+# Serving copy (rectrain/train/serving.py) and warm start in the streaming loop.
+
+
+def _sync_schedules(serving, saved: dict | None = None):
+  """The host-side sync schedules (tables, dense) of ``config.serving``; ``saved``: from a checkpoint."""
+  out = []
+  for group in ("tables", "dense"):
+    state = (saved or {}).get(group, {})
+    # The config key that asks for this group's served copy ("" = the group is live).
+    where = (f"serving.sync_{group}_s" if serving[f"sync_{group}_s"]
+             else "serving.freeze_after_s" if serving.freeze_after_s else "")
+    out.append(serving_lib.SyncSchedule(serving[f"sync_{group}_s"], serving.freeze_after_s,
+                                        key=state.get("key"), syncs=state.get("syncs", 0),
+                                        where=where))
+  return tuple(out)
+
+
+def _serving_meta(schedules) -> dict:
+  if schedules is None:
+    return {}
+  return {"serving": {"tables": schedules[0].state(), "dense": schedules[1].state()}}
+
+
+def _meta_of(path: str) -> dict:
+  """The meta.json of checkpoint ``path``."""
+  with open(os.path.join(path, "meta.json")) as f:
+    return json.load(f)
+
+
+def _warm_start_path(path: str, workdir: str | None, seed: int) -> str:
+  """``{seed}`` -> the run's seed; ``@NAME/...`` -> ``<parent of workdir>/NAME/...`` (a sibling run)."""
+  resolved = path.replace("{seed}", str(seed))
+  if not resolved.startswith("@"):
+    return resolved
+  if not workdir:
+    raise ValueError(f"config train.warm_start.path={path!r}: a path starting with '@' is "
+                     "relative to the parent of the run directory, but this run has no workdir")
+  return os.path.join(os.path.dirname(os.path.abspath(workdir)), resolved[1:])
+
+
+def _warm_start(state, path: str, parts: str):
+  """Warm start of the live TrainState inside a serving / async wrapper."""
+  if isinstance(state, serving_lib.ServingState):
+    stale = (bool(state.served_tables), bool(state.served_dense))
+    return serving_lib.init_serving_state(_warm_start(state.live, path, parts), *stale)
+  if isinstance(state, AsyncState):
+    return state._replace(train=ckpt.warm_start(state.train, path, parts)[0])
+  return ckpt.warm_start(state, path, parts)[0]
+
+
+# ---------------------------------------------------------------------------
+# Collision-free id map (rectrain/data/idmap.py) in the streaming loop.
+
+
+def _idmap_enabled(config) -> bool:
+  section = config.get("idmap", None)
+  return bool(section is not None and section.get("enabled", False))
+
+
+class _IdMapWindows:
+  """The id map's statistics per row window and over the whole run.
+
+  A batch counts in the row window (``metrics.window_rows`` rows of weight >
+  0) of its last real row, so the ``"idmap"`` records of metrics.jsonl line up
+  with the ``"rows"`` windows when ``window_rows`` is a multiple of the batch
+  size (else a window's record holds whole batches). ``window_rows = 0``: one
+  record for the whole run. Each record is ``{"window": "idmap", "index",
+  "slice": None, "start_row", "end_row", "partial", **idmap.window_summary}``.
+  """
+
+  def __init__(self, window_rows: int, state: dict | None = None):
+    self.window_rows = int(window_rows)
+    num = len(idmap_lib.COUNTER_NAMES)
+    state = state or {"index": 0, "start_row": 0, "pending": [], "total": [0] * num,
+                      "batches": 0}
+    self.index, self.start_row = int(state["index"]), int(state["start_row"])
+    self.pending = [list(map(int, c)) for c in state["pending"]]
+    self.total = np.asarray(state["total"], np.int64)
+    self.batches = int(state["batches"])
+
+  def state(self) -> dict:
+    return {"index": self.index, "start_row": self.start_row, "pending": self.pending,
+            "total": self.total.tolist(), "batches": self.batches}
+
+  def _record(self, end_row: int) -> dict:
+    return {"window": "idmap", "index": self.index, "slice": None, "start_row": self.start_row,
+            "end_row": end_row,
+            "partial": not self.window_rows or end_row - self.start_row < self.window_rows,
+            **idmap_lib.window_summary(np.asarray(self.pending, np.int64))}
+
+  def update(self, counters_NxC, rows_N, rows_before: int) -> list[dict]:
+    """Adds the counters of N batches (``rows_N`` real rows each); returns closed records."""
+    closed = []
+    end = int(rows_before)
+    occupied = idmap_lib.COUNTER_NAMES.index("occupied")
+    for c, r in zip(np.asarray(counters_NxC, np.int64), np.asarray(rows_N)):
+      if self.window_rows and r > 0:
+        index = (end + int(r) - 1) // self.window_rows
+        if index > self.index:
+          if self.pending:
+            closed.append(self._record(end))
+          self.index, self.start_row, self.pending = index, end, []
+      end += int(r)
+      self.pending.append(c.tolist())
+      self.total += c
+      self.total[occupied] = c[occupied]    # a gauge: its last value
+      self.batches += 1
+    return closed
+
+  def final_records(self, rows_done: int) -> list[dict]:
+    """The record of the last, unclosed window (the state is left unchanged)."""
+    return [self._record(int(rows_done))] if self.pending else []
+
+  def summary(self) -> dict:
+    out = idmap_lib.window_summary(self.total[None, :])
+    out["batches"] = self.batches
+    return out
+
+
+def _idmap_restore(path: str, meta: dict, window_rows: int):
+  """The map and its statistics saved with checkpoint ``path``."""
+  state_path = os.path.join(path, "idmap.npz")
+  if "idmap_windows" not in meta or not os.path.isfile(state_path):
+    raise FileNotFoundError(f"{path}: this checkpoint has no id map (idmap.npz / meta key "
+                            "idmap_windows); it was written with idmap.enabled=False")
+  im = idmap_lib.IdMap.from_state(idmap_lib.load_state(state_path))
+  return im, _IdMapWindows(window_rows, meta["idmap_windows"])
+
+
+def _idmap_checkpoint(im_windows, group: dict, batches_done: int):
+  """(meta entries, extra files) of a checkpoint after ``group``; ({}, None) without a map."""
+  if im_windows is None:
+    return {}, None
+  snapshot = group.get("_idmap_state")
+  if snapshot is None:
+    raise RuntimeError(f"id map: no state snapshot for the checkpoint at batch {batches_done}")
+  return ({"idmap_windows": im_windows.state()},
+          {"idmap.npz": lambda p: idmap_lib.save_state(p, snapshot)})
+
+
+def _idmap_summary(im, im_windows) -> dict:
+  """Summary entries of a run with the id map (flat, so result tables can show them)."""
+  stats = im_windows.summary()
+  state_bytes = sum(int(np.asarray(v).nbytes) for v in im.state().values())
+  return {"idmap": {**stats, "num_rows": im.num_rows, **im.occupancy()},
+          "idmap_hit_rate": stats["hit_rate"], "idmap_occupied": stats["occupied"],
+          "idmap_admitted": stats["admitted"], "idmap_evicted": stats["evicted"],
+          "idmap_expired": stats["expired"], "idmap_state_bytes": state_bytes}
+
+
+def _table_bytes(state) -> int:
+  """Bytes of the embedding tables and their row-wise optimizer state."""
+  train = state.train if isinstance(state, AsyncState) else state
+  return int(sum(x.nbytes for x in jax.tree_util.tree_leaves(
+      (train.tables, train.table_opt_state))))
 
 
 def _make_windows(config, stream):
@@ -386,6 +624,8 @@ def _eval_data_config(config):
   for key, value in config.offline.eval_data.items():
     if key not in data:
       raise KeyError(f"config offline.eval_data.{key}: not a data key")
+    if key == "path" and not value:
+      continue  # "" = the training data's path
     data[key] = value
   return data
 
@@ -419,6 +659,9 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
   from rectrain.train.step import make_predict
   validate(config)
   off = config.offline
+  if _idmap_enabled(config):
+    raise ValueError("config idmap.enabled=True: the offline protocol does not use the id map "
+                     "yet (streaming runs only); set idmap.enabled=False")
   if off.epochs < 1:
     raise ValueError(f"config offline.epochs={off.epochs}: must be >= 1")
   if not config.data.max_rows:
@@ -513,6 +756,11 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
           train_acc = metrics_lib.MetricAccumulator()
           gnorms = ([], [])
           prev = snapshot(state)
+      if done < batches_per_epoch:
+        raise ValueError(
+            f"config data.max_rows={config.data.max_rows}: the training stream ended after "
+            f"{done} of the {batches_per_epoch} batches of epoch {epoch + 1}; set "
+            "data.max_rows to at most the rows the source has")
   finally:
     progress.close()
     if out_file:
