@@ -1,0 +1,825 @@
+"""Delayed feedback: loss corrections, the multi-head tower's loss, and the runner.
+
+A conversion (label) arrives some time after its impression. A label-delay
+join (rectrain/data/delay_join.py) decides when a sample is emitted for
+training and with which observed label; this module corrects the bias that
+the observed labels leave and runs the seed + incremental protocol.
+
+Notation: ``x`` a sample, ``y`` its true label (a conversion within the
+attribution window ``A``), ``p(x) = P(y = 1 | x)``, ``f(x) = sigmoid(logit)``
+the model, ``e`` the wait (elapsed-time) window, ``f_dp(x)`` the probability
+that ``x`` is a delayed positive (``y = 1`` and delay ``> e``: a fake negative
+at ``e``), ``f_rn(x)`` the probability that an observed negative at ``e`` is a
+real negative. Every loss is the weighted binary cross-entropy
+``sum_b m_b w_b BCE(logit_b, y_b) / #{b: m_b > 0}`` (``m`` the padding
+weight) with importance weights ``w = p(y | x) / q(y | x)``, ``q`` the label
+distribution of the emitted stream, computed with gradients stopped:
+
+* FNW, fake negative weighted (Ktena et al. 2019, "Addressing Delayed Feedback
+  for Continuous Training with Neural Networks in CTR prediction"):
+  fast emit (every sample at once as a negative, again as a positive when it
+  converts) gives ``q(1|x) = p / (1 + p)``, ``q(0|x) = 1 / (1 + p)``, so
+  ``w+ = 1 + f``, ``w- = (1 - f)(1 + f)``.
+* FNC, fake negative calibration (same paper): train plainly on the
+  fast-emit stream, so ``f -> q(1|x) = p / (1 + p)``, and serve
+  ``p = f / (1 - f)``.
+* ES-DFM (Yang et al. 2021, "Capturing Delayed Feedback in Conversion Rate
+  Prediction via Elapsed-Time Sampling"): emit at ``e`` with the
+  label observed by then, and every delayed positive again at its conversion:
+  ``q(1|x) = p / (1 + f_dp)``, ``q(0|x) = (1 - p + f_dp) / (1 + f_dp)``, so
+  ``w+ = 1 + f_dp``, ``w- = (1 + f_dp) f_rn`` with
+  ``f_rn = (1 - p) / (1 - p + f_dp)``; ``f_dp`` and ``f_rn`` come from an
+  auxiliary two-head model trained on complete labels (:func:`aux_targets`).
+* DEFER (Gu et al. 2021, "Real Negatives Matter: Continuous Training with
+  Real Negatives for Delayed Feedback Modeling"): emit at ``e``;
+  delayed positives again at conversion, real negatives and in-window
+  positives again at ``A`` (every sample twice): ``q(1|x) = p - f_dp / 2``,
+  ``q(0|x) = 1 - p + f_dp / 2``, so ``w+ = f / (f - f_dp / 2)``,
+  ``w- = (1 - f) / (1 - f + f_dp / 2)``.
+* Multi-head (/work/shared/docs/domain.md, section 2): head k predicts a
+  conversion in ``(s_{k-1}, s_k]`` after the impression and gets the loss only
+  from emissions where that interval has passed (its label is mature).
+
+Shape legend: B batch rows, K heads, C packed label columns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+import rectrain.metrics as metrics_lib
+from rectrain.data.batch import DEVICE_KEYS, add_unique
+from rectrain.models.multihead import MultiHeadTower, serve_probability
+from rectrain.models.tables import init_tables
+
+METHODS = ("pretrained", "oracle", "vanilla", "fnw", "fnc", "esdfm", "defer", "multihead")
+# The join mode each method is defined on (vanilla may use any mode).
+METHOD_JOIN = {"pretrained": "oracle", "oracle": "oracle", "vanilla": "fast", "fnw": "fast",
+               "fnc": "fast", "esdfm": "esdfm", "defer": "defer", "multihead": "snapshots"}
+JOIN_MODES = ("oracle", "wait", "fast", "esdfm", "defer", "snapshots")
+P_MAX = 1.0 - 1e-6
+
+
+# ---------------------------------------------------------------------------
+# Importance weights and calibration (pure functions).
+
+
+def fnw_weights(label_B, prob_B):
+  """FNW weights (Ktena et al. 2019): ``1 + f`` for positives, ``(1 - f)(1 + f)`` for negatives.
+
+  ``prob_B`` is the model's probability; callers stop its gradient.
+  """
+  return jnp.where(label_B > 0.5, 1.0 + prob_B, (1.0 - prob_B) * (1.0 + prob_B))
+
+
+def fnc_calibrate(q, max_prob: float = P_MAX):
+  """FNC serving calibration (Ktena et al. 2019): ``p = q / (1 - q)``, clipped to ``[0, max_prob]``.
+
+  A model trained plainly on the fast-emit stream learns ``q = p / (1 + p)``;
+  this inverts it. Works on NumPy and JAX arrays.
+  """
+  xp = jnp if isinstance(q, jax.Array) else np
+  q = xp.clip(q, 0.0, 0.5)  # q = p / (1 + p) <= 1/2 for p <= 1
+  return xp.minimum(q / (1.0 - q), max_prob)
+
+
+def real_negative_prob(prob_B, f_dp_B):
+  """``f_rn = (1 - p) / (1 - p + f_dp)``: P(real negative | observed negative at e, x).
+
+  The alternative to the auxiliary model's rn head (Yang et al. 2021),
+  from the main model's ``p`` and the aux model's ``f_dp``.
+  """
+  xp = jnp if isinstance(prob_B, jax.Array) else np
+  neg = 1.0 - prob_B
+  return neg / xp.maximum(neg + f_dp_B, 1e-12)
+
+
+def esdfm_weights(label_B, f_dp_B, f_rn_B):
+  """ES-DFM weights (Yang et al. 2021): ``w+ = 1 + f_dp``, ``w- = (1 + f_dp) f_rn``."""
+  return jnp.where(label_B > 0.5, 1.0 + f_dp_B, (1.0 + f_dp_B) * f_rn_B)
+
+
+def defer_weights(label_B, prob_B, f_dp_B):
+  """DEFER weights (Gu et al. 2021).
+
+  ``w+ = f / (f - f_dp / 2)``, ``w- = (1 - f) / (1 - f + f_dp / 2)``. A
+  delayed positive is a positive (``f_dp <= p``), so ``f_dp`` is clipped to
+  ``[0, f]``: ``w+`` stays in ``[1, 2]`` and ``w-`` in ``[1/(1 + f/(2(1-f))), 1]``.
+  """
+  dp = jnp.clip(f_dp_B, 0.0, prob_B)
+  pos = jnp.where(prob_B > 0, prob_B / jnp.maximum(prob_B - 0.5 * dp, 1e-30), 1.0)
+  neg = (1.0 - prob_B) / jnp.maximum(1.0 - prob_B + 0.5 * dp, 1e-30)
+  return jnp.where(label_B > 0.5, pos, neg)
+
+
+# ---------------------------------------------------------------------------
+# Losses for rectrain.train.step.make_train_step(loss_fn=...).
+#
+# The step calls ``loss_fn(logits, batch["label"], batch["weight"])``. Methods
+# that need more than the observed label pack extra columns into ``label``
+# (``label_BxC``); ``weight`` stays the padding mask (0 for padding rows).
+
+
+def _bce(logits, label):
+  return optax.sigmoid_binary_cross_entropy(logits, label)
+
+
+def _mean_over_rows(per_B, weight_B):
+  count = jnp.maximum(jnp.sum((weight_B > 0).astype(jnp.float32)), 1.0)
+  return jnp.sum(per_B * weight_B) / count
+
+
+def fnw_loss(logits_B, label_B, weight_B):
+  """FNW: ``sum m w_fnw(y, sg(f)) BCE / #rows``, ``sg`` = stop gradient."""
+  prob_B = jax.lax.stop_gradient(jax.nn.sigmoid(logits_B))
+  w_B = fnw_weights(label_B, prob_B)
+  return _mean_over_rows(w_B * _bce(logits_B, label_B), weight_B)
+
+
+def esdfm_loss(logits_B, label_Bx3, weight_B):
+  """ES-DFM; ``label_Bx3`` = (observed label, f_dp, f_rn) from the aux model."""
+  y_B, dp_B, rn_B = label_Bx3[:, 0], label_Bx3[:, 1], label_Bx3[:, 2]
+  w_B = esdfm_weights(y_B, dp_B, rn_B)
+  return _mean_over_rows(w_B * _bce(logits_B, y_B), weight_B)
+
+
+def defer_loss(logits_B, label_Bx2, weight_B):
+  """DEFER; ``label_Bx2`` = (observed label, f_dp); ``f`` = sg(sigmoid(logits))."""
+  y_B, dp_B = label_Bx2[:, 0], label_Bx2[:, 1]
+  prob_B = jax.lax.stop_gradient(jax.nn.sigmoid(logits_B))
+  w_B = defer_weights(y_B, prob_B, dp_B)
+  return _mean_over_rows(w_B * _bce(logits_B, y_B), weight_B)
+
+
+def multihead_loss(logits_BxK, label_Bx2K, weight_B):
+  """Masked per-head BCE: ``sum_b m_b sum_k mask_bk BCE(logit_bk, y_bk) / #rows``.
+
+  ``label_Bx2K = [y_BxK, mask_BxK]``: head k's label and whether it is mature
+  (1) or unknown (0: no loss, no gradient for that head).
+  """
+  k = logits_BxK.shape[1]
+  if label_Bx2K.shape[1] != 2 * k:
+    raise ValueError(f"multihead_loss: label must be (B, 2K) = (B, {2 * k}), "
+                     f"got {label_Bx2K.shape}")
+  y_BxK, mask_BxK = label_Bx2K[:, :k], label_Bx2K[:, k:]
+  per_B = jnp.sum(mask_BxK * _bce(logits_BxK, y_BxK), axis=1)
+  return _mean_over_rows(per_B, weight_B)
+
+
+def fnc_seed_loss(logits_B, label_B, weight_B):
+  """FNC's seed loss on complete labels: ``sum m (y BCE(x, 1) + BCE(x, 0)) / #rows``.
+
+  The fast-emit distribution of complete labels (every sample once as a
+  negative, every positive once more as a positive), so the seed model
+  already predicts ``q = p / (1 + p)`` as FNC's serving calibration expects.
+  """
+  per_B = label_B * _bce(logits_B, jnp.ones_like(label_B)) + _bce(logits_B, jnp.zeros_like(label_B))
+  return _mean_over_rows(per_B, weight_B)
+
+
+def plain_loss(logits_B, label_B, weight_B):
+  """Vanilla / oracle / FNC: the weighted BCE of the observed label."""
+  return _mean_over_rows(_bce(logits_B, label_B), weight_B)
+
+
+# ---------------------------------------------------------------------------
+# Targets (host side, NumPy).
+
+
+def head_targets(label_B: np.ndarray, delay_B: np.ndarray, kind_B: np.ndarray,
+                 snapshot_s: Sequence[float], train_heads: str = "mature",
+                 all_mature: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """Per-head labels and maturity masks for the multi-head tower.
+
+  Head k's event: a conversion with delay in ``(s_{k-1}, s_k]`` (``s_{-1} = 0``).
+  An emission of snapshot ``kind = j`` carries the label observed at ``s_j``;
+  its conversion time is known iff it converted by then (``label == 1``), so
+  the head labels use ``delay`` only where ``label == 1``. Head k is mature at
+  snapshot j iff ``k <= j`` (``train_heads="mature"``), or trained only at
+  ``k == j`` (``"newest"``: each head learns each sample once). With
+  ``all_mature`` (complete labels, the seed phase) every head is mature.
+
+  Returns:
+    ``(y_BxK, mask_BxK)`` float32.
+  """
+  s_K = np.asarray(snapshot_s, np.float64)
+  lo_K = np.concatenate([[0.0], s_K[:-1]])
+  conv_B = np.where(np.asarray(label_B) > 0.5, np.asarray(delay_B, np.float64), np.inf)
+  y = (conv_B[:, None] > lo_K[None, :]) & (conv_B[:, None] <= s_K[None, :])
+  # An instant conversion (delay 0) belongs to head 0.
+  y[:, 0] |= conv_B <= 0.0
+  k_K = np.arange(s_K.size)
+  if all_mature:
+    mask = np.ones(y.shape, bool)
+  elif train_heads == "mature":
+    mask = k_K[None, :] <= np.asarray(kind_B)[:, None]
+  elif train_heads == "newest":
+    mask = k_K[None, :] == np.asarray(kind_B)[:, None]
+  else:
+    raise ValueError(f"config delayed.multihead.train_heads={train_heads!r}: "
+                     f"must be 'mature' or 'newest'")
+  return y.astype(np.float32), mask.astype(np.float32)
+
+
+def aux_targets(label_true_B: np.ndarray, delay_B: np.ndarray,
+                wait_s: float) -> tuple[np.ndarray, np.ndarray]:
+  """Labels and masks of the auxiliary (dp, rn) model from complete labels.
+
+  dp head (all rows): ``y = 1`` and ``delay > e`` (a fake negative at ``e``).
+  rn head (rows observed negative at ``e``: not converted by ``e``):
+  ``y = 0`` (a real negative). As in Yang et al. (2021) and its code.
+
+  Returns:
+    ``(y_Bx2, mask_Bx2)`` float32, columns (dp, rn).
+  """
+  pos = np.asarray(label_true_B) > 0.5
+  delay = np.asarray(delay_B, np.float64)
+  dp = pos & (delay > wait_s)
+  observed_neg = ~(pos & (delay <= wait_s))
+  y = np.stack([dp, ~pos], axis=1).astype(np.float32)
+  mask = np.stack([np.ones_like(pos), observed_neg], axis=1).astype(np.float32)
+  return y, mask
+
+
+def aux_targets_from_kinds(kind_B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(dp, rn) labels and masks from DEFER's second emissions, for online aux training.
+
+  In ``defer`` mode every sample is emitted a second time once its label is
+  final for the aux model: kind 1 (delayed positive, at its conversion:
+  dp = 1, rn = 0), kind 2 (real negative at ``t + A``: dp = 0, rn = 1),
+  kind 3 (in-window positive at ``t + A``: dp = 0, not an observed negative,
+  so no rn loss). First emissions (kind 0) get no loss. Each sample thus
+  trains the dp head exactly once, without waiting labels that are not yet
+  known at the emission.
+
+  Returns:
+    ``(y_Bx2, mask_Bx2)`` float32, columns (dp, rn).
+  """
+  kind = np.asarray(kind_B)
+  y = np.stack([kind == 1, kind == 2], axis=1).astype(np.float32)
+  mask = np.stack([kind >= 1, (kind == 1) | (kind == 2)], axis=1).astype(np.float32)
+  return y, mask
+
+
+# ---------------------------------------------------------------------------
+# Metrics.
+
+
+def _ap_from_counts(pos_K: np.ndarray, neg_K: np.ndarray) -> float:
+  """AP from positive/negative weight per ascending score group (ties form one step)."""
+  pos = pos_K[::-1].astype(np.float64)
+  tot = pos + neg_K[::-1]
+  total_pos = pos.sum()
+  if not total_pos > 0:
+    return math.nan
+  cum_pos, cum_tot = np.cumsum(pos), np.cumsum(tot)
+  keep = pos > 0
+  return float(np.sum(pos[keep] * cum_pos[keep] / cum_tot[keep]) / total_pos)
+
+
+def average_precision(labels, preds, weights=None) -> float:
+  """Average precision (area under the precision-recall curve, step-wise).
+
+  ``AP = sum_k (R_k - R_{k-1}) P_k`` over the distinct prediction values in
+  decreasing order, ``P_k``/``R_k`` the (weighted) precision/recall of
+  predicting positive for ``pred >= value_k`` (tied predictions form one step,
+  as in scikit-learn's ``average_precision_score``). NaN without positives.
+  """
+  y = np.asarray(labels, np.float64).reshape(-1)
+  p = np.asarray(preds, np.float64).reshape(-1)
+  w = np.ones_like(y) if weights is None else np.asarray(weights, np.float64).reshape(-1)
+  if not y.shape == p.shape == w.shape:
+    raise ValueError(f"average_precision: labels {y.shape}, preds {p.shape} and weights "
+                     f"{w.shape} must have the same length")
+  keep = w > 0
+  if not keep.any():
+    return math.nan
+  uniq, inverse = np.unique(p[keep], return_inverse=True)
+  pos_K = np.bincount(inverse, weights=(w * y)[keep], minlength=uniq.size)
+  neg_K = np.bincount(inverse, weights=(w * (1.0 - y))[keep], minlength=uniq.size)
+  return _ap_from_counts(pos_K, neg_K)
+
+
+class StreamMetrics:
+  """AUC, PR-AUC (average precision), log loss, NE, PCOC of a stream, O(1) memory.
+
+  Wraps :class:`rectrain.metrics.MetricAccumulator` and adds histograms of
+  positive/negative weight over ``num_bins`` logit bins for the average
+  precision (predictions in one bin count as tied, like the streaming AUC).
+  """
+
+  def __init__(self, num_bins: int = metrics_lib.DEFAULT_NUM_BINS,
+               logit_range: Sequence[float] = metrics_lib.DEFAULT_LOGIT_RANGE):
+    self.acc = metrics_lib.MetricAccumulator(num_bins=num_bins, logit_range=logit_range)
+    self._lo, self._hi = float(logit_range[0]), float(logit_range[1])
+    self._hist = np.zeros((2, int(num_bins)))
+
+  def update(self, labels, preds, weights) -> None:
+    y = np.asarray(labels, np.float64).reshape(-1)
+    p = np.clip(np.asarray(preds, np.float64).reshape(-1), 1e-300, 1 - 1e-16)
+    w = np.asarray(weights, np.float64).reshape(-1)
+    self.acc.update(y, p, w)
+    logit = np.log(p) - np.log1p(-p)
+    n = self._hist.shape[1]
+    idx = np.clip(((logit - self._lo) / (self._hi - self._lo) * n).astype(np.int64), 0, n - 1)
+    self._hist[0] += np.bincount(idx, weights=w * (1.0 - y), minlength=n)
+    self._hist[1] += np.bincount(idx, weights=w * y, minlength=n)
+
+  def result(self) -> Dict[str, Any]:
+    out = self.acc.result()
+    out["pr_auc"] = _ap_from_counts(self._hist[1], self._hist[0])
+    return out
+
+
+def window_metrics(labels, preds, weights) -> Dict[str, float]:
+  """Exact AUC, PR-AUC, log loss, PCOC, base rate and mean prediction of one window."""
+  y = np.asarray(labels, np.float64)
+  p = np.asarray(preds, np.float64)
+  w = np.asarray(weights, np.float64)
+  sw = float(w.sum())
+  return {"rows": int((w > 0).sum()),
+          "auc": metrics_lib.auc(y, p, w),
+          "pr_auc": average_precision(y, p, w),
+          "logloss": metrics_lib.log_loss(y, p, w),
+          "pcoc": metrics_lib.pcoc(y, p, w),
+          "base_rate": float(np.dot(w, y) / sw) if sw > 0 else math.nan,
+          "mean_pred": float(np.dot(w, p) / sw) if sw > 0 else math.nan}
+
+
+# ---------------------------------------------------------------------------
+# Config.
+
+
+def delayed_config_defaults() -> ml_collections.ConfigDict:
+  """Defaults of ``config.delayed``: method, join, windows, seed/incremental days, aux model."""
+  c = ml_collections.ConfigDict()
+  c.method = "vanilla"        # one of METHODS
+  c.join_mode = ""            # "" = the method's own (METHOD_JOIN); vanilla may use any mode
+  c.wait_s = 900.0            # wait / elapsed-time window e (wait, esdfm, defer)
+  c.attribution_s = 3 * 86400.0  # conversions later than A after the impression do not count
+  # multihead: label snapshots after the impression; head k learns (s_{k-1}, s_k].
+  c.snapshot_s = (3600.0, 6 * 3600.0, 86400.0, 3 * 86400.0)
+  c.scatter_rows = 0          # positive scattering of the joiner (0 = off)
+  c.window_s = 3600.0         # test-then-train window of event time
+  c.seed_days = 1.0           # seed model: the first days, complete labels
+  c.incremental_days = 0.0    # then incremental training; 0 = the rest of data.max_rows
+  c.multihead = ml_collections.ConfigDict()
+  c.multihead.train_heads = "mature"  # mature: heads k <= snapshot j | newest: k == j
+  c.aux = ml_collections.ConfigDict()  # ES-DFM / DEFER auxiliary (dp, rn) model
+  c.aux.embed_dim = 8
+  c.aux.mlp_dims = (64,)
+  c.aux.rn_source = "aux"     # aux: the rn head | model: (1 - p) / (1 - p + f_dp)
+  c.aux.online = True         # defer: keep training the aux model on the second emissions
+  return c
+
+
+def resolve_delayed_config(config) -> ml_collections.ConfigDict:
+  """``config.delayed`` over the defaults, validated (errors name ``delayed.<key>``)."""
+  c = delayed_config_defaults()
+  given = config.get("delayed", None) if hasattr(config, "get") else None
+  if given is not None:
+    _merge(c, given, "delayed.")
+  if c.method not in METHODS:
+    raise ValueError(f"config delayed.method={c.method!r}: must be one of {METHODS}")
+  mode = c.join_mode or METHOD_JOIN[c.method]
+  if mode not in JOIN_MODES:
+    raise ValueError(f"config delayed.join_mode={c.join_mode!r}: must be '' or one of {JOIN_MODES}")
+  if c.method not in ("vanilla", "pretrained") and mode != METHOD_JOIN[c.method]:
+    raise ValueError(f"config delayed.join_mode={mode!r}: method {c.method!r} needs "
+                     f"join mode {METHOD_JOIN[c.method]!r}")
+  c.join_mode = mode
+  for key in ("wait_s", "attribution_s", "window_s"):
+    if not (float(c[key]) > 0 and math.isfinite(float(c[key]))):
+      raise ValueError(f"config delayed.{key}={c[key]!r}: must be a finite number > 0")
+  if float(c.seed_days) < 0 or float(c.incremental_days) < 0:
+    raise ValueError("config delayed.seed_days and delayed.incremental_days must be >= 0")
+  s = [float(v) for v in c.snapshot_s]
+  if not s or any(v <= 0 for v in s) or any(b <= a for a, b in zip(s, s[1:])):
+    raise ValueError(f"config delayed.snapshot_s={tuple(c.snapshot_s)!r}: must be increasing "
+                     f"positive seconds")
+  if c.multihead.train_heads not in ("mature", "newest"):
+    raise ValueError(f"config delayed.multihead.train_heads={c.multihead.train_heads!r}: "
+                     f"must be 'mature' or 'newest'")
+  if c.aux.rn_source not in ("aux", "model"):
+    raise ValueError(f"config delayed.aux.rn_source={c.aux.rn_source!r}: must be 'aux' or 'model'")
+  return c
+
+
+def _merge(base, update, where):
+  for key in update.keys():
+    if key not in base:
+      raise ValueError(f"config {where}{key}: unknown key (valid: {sorted(base.keys())})")
+    if isinstance(base[key], ml_collections.ConfigDict):
+      _merge(base[key], update[key], f"{where}{key}.")
+    else:
+      base[key] = update[key]
+
+
+def method_configs(config, methods: Sequence[str] = METHODS) -> Dict[str, ml_collections.ConfigDict]:
+  """One config per method (a copy of ``config`` with ``delayed.method`` set), for a study."""
+  out = {}
+  for m in methods:
+    c = ml_collections.ConfigDict(config.to_dict())
+    if "delayed" not in c:
+      c.delayed = delayed_config_defaults()
+    c.delayed.method = m
+    c.delayed.join_mode = ""
+    out[m] = c
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Models and steps.
+
+LOSSES = {"vanilla": plain_loss, "oracle": plain_loss, "fnc": plain_loss, "pretrained": plain_loss,
+          "fnw": fnw_loss, "esdfm": esdfm_loss, "defer": defer_loss, "multihead": multihead_loss}
+
+
+def tower_from_model_config(model_cfg, num_heads: int) -> MultiHeadTower:
+  """A :class:`MultiHeadTower` with ``config.model``'s embedding and MLP hyperparameters.
+
+  ``deepfm`` maps to ``linear=True, fm=True``, ``wide_deep`` and ``lr`` to
+  ``linear=True``, ``fm`` to both (no MLP), anything else (``dnn``, ...) to the
+  plain embedding + MLP tower.
+  """
+  name = model_cfg.name
+  kw: Dict[str, Any] = dict(num_heads=int(num_heads),
+                            linear=name in ("lr", "fm", "wide_deep", "deepfm"),
+                            fm=name in ("fm", "deepfm"))
+  for key in ("embed_dim", "embed_init_scale", "embed_init"):
+    if key in model_cfg:
+      kw[key] = model_cfg[key]
+  kw["mlp_dims"] = tuple(model_cfg.mlp_dims) if "mlp_dims" in model_cfg else ()
+  return MultiHeadTower(**kw)
+
+
+def create_tower_and_state(config, tower: MultiHeadTower, num_rows: int, num_fields: int,
+                           num_dense: int, seed: int):
+  """Like :func:`rectrain.train.loop.create_model_and_state`, for a given tower module."""
+  from rectrain.train.loop import build_optimizers
+  from rectrain.train.step import init_train_state
+  specs = tower.table_specs()
+  k_tables, k_dense = jax.random.split(jax.random.PRNGKey(seed))
+  tables = init_tables(k_tables, specs, num_rows)
+  rows = {s.name: jnp.zeros((2, num_fields, s.dim), jnp.float32) for s in specs}
+  dense_params = tower.init(k_dense, rows, jnp.zeros((2, num_dense), jnp.float32))
+  dense_opt, sparse_opts = build_optimizers(config, [s.name for s in specs])
+  state = init_train_state(dense_params, tables, dense_opt, sparse_opts)
+  return state, dense_opt, sparse_opts
+
+
+def make_serve(model, kind: str = "sigmoid") -> Callable:
+  """Jitted ``serve(dense_params, tables, batch) -> prob_B``.
+
+  ``kind``: ``sigmoid`` (one logit), ``fnc`` (FNC calibration of the
+  sigmoid), ``heads`` (multi-head: sum of the heads' probabilities), ``raw``
+  (the sigmoid of every output, e.g. ``(B, K)``).
+  """
+  from rectrain.train.step import gather_rows, make_forward
+  forward = make_forward(model)
+
+  def serve(dense_params, tables, batch):
+    logits = forward(dense_params, gather_rows(tables, batch["unique"]), batch)
+    if kind == "heads":
+      return serve_probability(logits)
+    prob = jax.nn.sigmoid(logits)
+    return fnc_calibrate(prob) if kind == "fnc" else prob
+
+  if kind not in ("sigmoid", "fnc", "heads", "raw"):
+    raise ValueError(f"make_serve: unknown kind {kind!r}")
+  return jax.jit(serve)
+
+
+def _stack(batches: List[dict]) -> dict:
+  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+def _train_batches(multi, state, batches: Iterable[dict], k: int):
+  """Runs ``multi`` over ``batches`` in groups of ``k`` (then singly); returns state, losses."""
+  losses, buf = [], []
+  for b in batches:
+    buf.append(b)
+    if len(buf) == k:
+      state, out = multi(state, _stack(buf))
+      losses.append(out.loss)
+      buf = []
+  for b in buf:
+    state, out = multi(state, _stack([b]))
+    losses.append(out.loss)
+  return state, losses
+
+
+def _device(batch: Mapping[str, np.ndarray], label: np.ndarray) -> dict:
+  out = {k: batch[k] for k in DEVICE_KEYS if k != "label"}
+  out["label"] = np.asarray(label, np.float32)
+  return out
+
+
+def _features(batch):
+  return {k: batch[k] for k in ("dense", "unique", "inverse")}
+
+
+# ---------------------------------------------------------------------------
+# The runner.
+
+
+def _stream(config, rows: int):
+  from rectrain.data import make_stream
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  data.max_rows = int(rows)
+  return make_stream(data, seed=config.seed)
+
+
+def _join_config(dc, mode: str, batch_size: int):
+  from rectrain.data.delay_join import JoinConfig
+  return JoinConfig(mode=mode, wait_s=float(dc.wait_s), attribution_s=float(dc.attribution_s),
+                    snapshot_s=tuple(float(s) for s in dc.snapshot_s),
+                    scatter_rows=int(dc.scatter_rows), batch_size=int(batch_size))
+
+
+def _jsonable(obj):
+  if isinstance(obj, dict):
+    return {str(k): _jsonable(v) for k, v in obj.items() if not str(k).startswith("_")}
+  if isinstance(obj, (list, tuple)):
+    return [_jsonable(v) for v in obj]
+  if isinstance(obj, (np.floating, float)):
+    return float(obj) if math.isfinite(float(obj)) else None
+  if isinstance(obj, (np.integer, np.bool_)):
+    return obj.item()
+  if isinstance(obj, np.ndarray):
+    return _jsonable(obj.tolist())
+  return obj
+
+
+def _add_counts(total: Dict[str, Any], counts: Mapping[str, Any]) -> None:
+  for key, value in (counts or {}).items():
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+      total[key] = total.get(key, 0) + value
+
+
+class _Phase:
+  """Metrics and counts of one phase (seed or incremental)."""
+
+  def __init__(self):
+    self.metrics = StreamMetrics()
+    self.bayes = metrics_lib.MetricAccumulator()
+    self.counts: Dict[str, Any] = {}
+    self.kinds: Dict[str, int] = {}
+    self.pcocs: List[float] = []
+    self.windows = 0
+
+  def result(self) -> Dict[str, Any]:
+    res = self.metrics.result()
+    pc = np.asarray(self.pcocs, np.float64)
+    b = self.bayes.result()
+    return {"rows": res["rows"], "auc": res["auc"], "pr_auc": res["pr_auc"],
+            "logloss": res["logloss"], "ne": res["ne"], "pcoc": res["pcoc"],
+            "base_rate": res["base_rate"], "mean_pred": res["mean_pred"],
+            "pcoc_windows": {"windows": int(pc.size),
+                             "mean": float(pc.mean()) if pc.size else math.nan,
+                             "std": float(pc.std(ddof=1)) if pc.size > 1 else math.nan,
+                             "min": float(pc.min()) if pc.size else math.nan,
+                             "max": float(pc.max()) if pc.size else math.nan},
+            "bayes_auc": b["auc"] if b["rows"] else None,
+            "bayes_pcoc": b["pcoc"] if b["rows"] else None,
+            "windows": self.windows, "join_counts": self.counts, "emitted_by_kind": self.kinds}
+
+
+def _mean_loss(losses) -> float:
+  return float(np.mean([float(x) for l in losses for x in np.asarray(l).reshape(-1)]))
+
+
+def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None) -> Dict[str, Any]:
+  """Seed + incremental training on a label-delay join, evaluated test-then-train.
+
+  One pass of the joiner (``delayed.join_mode``, or the method's) over the
+  synthetic stream, in windows of ``delayed.window_s`` seconds of event time.
+  In every window the impressions of the window are first predicted by the
+  current model and scored against their TRUE labels, then the model learns:
+
+  1. Seed (windows that start before ``delayed.seed_days``): complete labels.
+     The model learns the window's impressions with their true labels (the
+     multi-head tower with every head mature; FNC the fast-emit distribution
+     of these labels, :func:`fnc_seed_loss`, since it serves ``q / (1 - q)``)
+     and the ES-DFM / DEFER auxiliary (dp, rn) model learns
+     :func:`aux_targets` on them. The joiner's emissions are not used.
+  2. Incremental (the later windows, ``delayed.incremental_days`` or up to
+     ``data.max_rows``): the model learns the samples the joiner emitted
+     during the window, with the method's loss (``pretrained`` does not
+     learn; DEFER's aux model keeps learning from the second emissions,
+     :func:`aux_targets_from_kinds`, unless ``delayed.aux.online`` is off).
+     These include late emissions (delayed positives, DEFER's second
+     emissions) of impressions of the seed days, as a join running
+     continuously would give, so the emitted stream is stationary from the
+     first incremental window on.
+
+  This is the protocol of Yang et al. (2021: pre-train on complete
+  days, then stream) and of /work/shared/docs/domain.md, section 2.
+
+  Writes ``config.json``, ``metrics.jsonl`` (one line per window, both
+  phases) and ``summary.json`` to ``workdir`` when given.
+
+  Returns:
+    summary dict: method, join mode, rows per phase, the incremental phase's
+    ``auc``, ``pr_auc``, ``logloss``, ``ne``, ``pcoc``, ``base_rate``,
+    ``mean_pred``, ``pcoc_windows`` (mean/std/min/max over windows), the seed
+    phase's metrics under ``seed``, joiner counts, emitted rows per kind,
+    steps, run time; the final train state under ``"_state"`` (and the aux
+    model's under ``"_aux_state"``), not serialised.
+  """
+  from rectrain.configs import validate
+  from rectrain.data.delay_join import LabelJoiner
+  from rectrain.train.loop import create_model_and_state
+  from rectrain.train.step import make_multi_step, make_train_step
+  validate(config)
+  dc = resolve_delayed_config(config)
+  if config.data.source != "synthetic":
+    raise ValueError(f"config data.source={config.data.source!r}: the delayed-feedback runner "
+                     f"needs label delays, which only data.source='synthetic' has")
+  t_start = time.perf_counter()
+  method = dc.method
+  rows_per_day = float(config.data.synthetic.rows_per_day)
+  seed_rows = int(round(float(dc.seed_days) * rows_per_day))
+  if float(dc.incremental_days) > 0:
+    inc_rows = int(round(float(dc.incremental_days) * rows_per_day))
+  else:
+    inc_rows = int(config.data.max_rows) - seed_rows
+  if inc_rows <= 0:
+    raise ValueError(f"config data.max_rows={config.data.max_rows} leaves no incremental rows "
+                     f"after delayed.seed_days={dc.seed_days} ({seed_rows} rows); raise "
+                     f"data.max_rows or set delayed.incremental_days")
+  seed_end_s = float(dc.seed_days) * 86400.0
+  batch_size = int(config.data.batch_size)
+  k = int(config.train.steps_per_dispatch)
+
+  stream = _stream(config, seed_rows + inc_rows)
+  num_rows, num_fields, num_dense = stream.num_rows, stream.layout.num_fields, stream.num_dense
+  snapshot_s = tuple(float(s) for s in dc.snapshot_s)
+  if method == "multihead":
+    model = tower_from_model_config(config.model, len(snapshot_s))
+    state, dense_opt, sparse_opts = create_tower_and_state(
+        config, model, num_rows, num_fields, num_dense, int(config.seed))
+    serve = make_serve(model, "heads")
+    seed_loss = multihead_loss
+  else:
+    model, state, dense_opt, sparse_opts, _ = create_model_and_state(
+        config, num_rows, num_fields, num_dense)
+    serve = make_serve(model, "fnc" if method == "fnc" else "sigmoid")
+    seed_loss = fnc_seed_loss if method == "fnc" else plain_loss
+  seed_multi = make_multi_step(make_train_step(model, dense_opt, sparse_opts, loss_fn=seed_loss))
+  inc_multi = seed_multi if LOSSES[method] is seed_loss else make_multi_step(
+      make_train_step(model, dense_opt, sparse_opts, loss_fn=LOSSES[method]))
+  main_prob = make_serve(model, "sigmoid") if method == "esdfm" else None
+
+  use_aux = method in ("esdfm", "defer")
+  aux_state = aux_multi = aux_serve = None
+  if use_aux:
+    aux_model = MultiHeadTower(num_heads=2, embed_dim=int(dc.aux.embed_dim),
+                               mlp_dims=tuple(dc.aux.mlp_dims), linear=True, fm=False)
+    aux_state, aux_opt, aux_sparse = create_tower_and_state(
+        config, aux_model, num_rows, num_fields, num_dense, int(config.seed) + 1)
+    aux_multi = make_multi_step(make_train_step(aux_model, aux_opt, aux_sparse,
+                                                loss_fn=multihead_loss))
+    aux_serve = make_serve(aux_model, "raw")
+
+  def seed_labels(b):
+    y = b["label"]  # impressions carry the true label
+    if method == "multihead":
+      y_k, m_k = head_targets(y, _delay(b), None, snapshot_s, all_mature=True)
+      return np.concatenate([y_k, m_k], axis=1)
+    return y
+
+  def inc_labels(b):
+    y = b["label"]
+    if method == "multihead":
+      y_k, m_k = head_targets(y, b["delay"], b["kind"], snapshot_s, dc.multihead.train_heads)
+      return np.concatenate([y_k, m_k], axis=1)
+    if not use_aux:
+      return y
+    aux_p = np.asarray(aux_serve(aux_state.dense_params, aux_state.tables, _features(b)))
+    f_dp = aux_p[:, 0]
+    if method == "defer":
+      return np.stack([y, f_dp], axis=1)
+    if dc.aux.rn_source == "aux":
+      f_rn = aux_p[:, 1]
+    else:
+      f_rn = real_negative_prob(
+          np.asarray(main_prob(state.dense_params, state.tables, _features(b))), f_dp)
+    return np.stack([y, f_dp, f_rn], axis=1)
+
+  metrics_file = None
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+    metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "w")
+  phases = {"seed": _Phase(), "incremental": _Phase()}
+  seed_steps = 0
+  t_seed_end = None
+  try:
+    joiner = LabelJoiner(stream, _join_config(dc, dc.join_mode, batch_size))
+    for w in joiner.windows(float(dc.window_s)):
+      name = "seed" if float(w.start) < seed_end_s else "incremental"
+      ph = phases[name]
+      if name == "incremental" and t_seed_end is None:
+        t_seed_end = time.perf_counter()
+        seed_steps = int(state.step)
+      record = {"phase": name, "window": ph.windows, "start": float(w.start), "end": float(w.end)}
+      # Test: the impressions of the window, TRUE labels, the model before this window.
+      impressions = [add_unique(dict(b), num_rows) for b in w.impressions]
+      if impressions:
+        probs = [np.asarray(serve(state.dense_params, state.tables, _features(b)))
+                 for b in impressions]
+        y = np.concatenate([b["label"] for b in impressions])
+        wt = np.concatenate([b["weight"] for b in impressions])
+        p = np.concatenate(probs)
+        ph.metrics.update(y, p, wt)
+        record.update(window_metrics(y, p, wt))
+        if math.isfinite(record["pcoc"]):
+          ph.pcocs.append(record["pcoc"])
+        if all("true_prob" in b for b in impressions):
+          tp = np.concatenate([b["true_prob"] for b in impressions]).astype(np.float64)
+          ph.bayes.update(y, np.nan_to_num(tp, nan=0.5), wt)
+      # Train.
+      if name == "seed":
+        if impressions:
+          batches = [_device(b, seed_labels(b)) for b in impressions]
+          state, losses = _train_batches(seed_multi, state, batches, k)
+          record["train_loss"] = _mean_loss(losses)
+          if use_aux:
+            aux_batches = []
+            for b in impressions:
+              y_a, m_a = aux_targets(b["label"], _delay(b), float(dc.wait_s))
+              aux_batches.append(_device(b, np.concatenate([y_a, m_a], axis=1)))
+            aux_state, aux_losses = _train_batches(aux_multi, aux_state, aux_batches, k)
+            record["aux_loss"] = _mean_loss(aux_losses)
+      else:
+        emitted = [add_unique(dict(b), num_rows) for b in w.emitted]
+        n_emit, n_pos = 0, 0.0
+        for b in emitted:
+          real = b["weight"] > 0
+          n_emit += int(real.sum())
+          n_pos += float(b["label"][real].sum())
+          if "kind" in b:
+            for kind, c in zip(*np.unique(b["kind"][real], return_counts=True)):
+              ph.kinds[str(int(kind))] = ph.kinds.get(str(int(kind)), 0) + int(c)
+        record.update(emitted=n_emit, emitted_positives=n_pos)
+        if method != "pretrained" and emitted:
+          losses = []
+          for g in range(0, len(emitted), k):  # labels may use the current state (ES-DFM rn)
+            group = [_device(b, inc_labels(b)) for b in emitted[g:g + k]]
+            state, part = _train_batches(inc_multi, state, group, k)
+            losses += part
+          record["train_loss"] = _mean_loss(losses)
+          if method == "defer" and dc.aux.online:
+            aux_batches = []
+            for b in emitted:
+              if np.any((b["kind"] > 0) & (b["weight"] > 0)):
+                y_a, m_a = aux_targets_from_kinds(b["kind"])
+                aux_batches.append(_device(b, np.concatenate([y_a, m_a], axis=1)))
+            if aux_batches:
+              aux_state, aux_losses = _train_batches(aux_multi, aux_state, aux_batches, k)
+              record["aux_loss"] = _mean_loss(aux_losses)
+      record["counts"] = dict(w.counts or {})
+      _add_counts(ph.counts, w.counts)
+      ph.windows += 1
+      if metrics_file:
+        metrics_file.write(json.dumps(_jsonable(record)) + "\n")
+  finally:
+    if metrics_file:
+      metrics_file.close()
+  jax.block_until_ready(state)
+  t_end = time.perf_counter()
+  if t_seed_end is None:
+    t_seed_end, seed_steps = t_end, int(state.step)
+  summary = {"method": method, "join_mode": dc.join_mode, "model": config.model.name,
+             "seed_rows": seed_rows, "incremental_rows": inc_rows}
+  summary.update(phases["incremental"].result())
+  summary.update(seed=phases["seed"].result(), seed_steps=seed_steps, steps=int(state.step),
+                 nonfinite_batches=int(state.nonfinite),
+                 seed_time_sec=t_seed_end - t_start, incremental_time_sec=t_end - t_seed_end,
+                 wall_time_sec=t_end - t_start, delayed=dc.to_dict())
+  if workdir:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(_jsonable(summary), f, indent=2)
+  summary["_state"] = state
+  if use_aux:
+    summary["_aux_state"] = aux_state
+  return summary
+
+
+def _delay(batch) -> np.ndarray:
+  if "delay" not in batch:
+    raise ValueError("train_delayed: the joiner's impression batches have no 'delay' key; the "
+                     "seed phase needs the true delays (multihead, esdfm, defer)")
+  return batch["delay"]
