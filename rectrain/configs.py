@@ -18,6 +18,9 @@ import ml_collections
 from rectrain.models import default_model_config
 from rectrain.train.async_sim import async_config_defaults
 from rectrain.data.idmap import idmap_config_defaults
+from rectrain.train.delayed import delayed_config_defaults
+from rectrain.train.distributed import distributed_config_defaults
+from rectrain.train.sharding import mesh_config_defaults
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -81,6 +84,20 @@ def default_config() -> ml_collections.ConfigDict:
   c.serving = ml_collections.ConfigDict(
       {"sync_tables_s": 0.0, "sync_dense_s": 0.0, "freeze_after_s": 0.0})
   c.train.learn = True
+
+  # Delayed feedback (rectrain/train/delayed.py): delayed.method set (pretrained |
+  # oracle | vanilla | fnw | fnc | esdfm | defer | multihead) runs the seed +
+  # incremental protocol over the label-delay joiner instead of the plain
+  # stream; "" = off (the default).
+  c.delayed = delayed_config_defaults()
+  c.delayed.method = ""
+
+  # Scale-out (rectrain/train/sharding.py, rectrain/train/distributed.py):
+  # the (data, model) device mesh, tables row-sharded over all its devices;
+  # (1, 1) = one device. distributed.coordinator (or RECTRAIN_COORDINATOR)
+  # starts jax.distributed for several processes / hosts.
+  c.mesh = mesh_config_defaults()
+  c.distributed = distributed_config_defaults()
 
   # Offline protocol (rectrain.train.loop.train_offline): K epochs, held-out eval.
   c.offline = ml_collections.ConfigDict()

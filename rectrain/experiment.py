@@ -169,7 +169,38 @@ def _config_dict(config) -> Dict[str, Any]:
 
 def config_hash(config) -> str:
   """sha256 (first 12 hex digits) of the config without :data:`NON_SEMANTIC_KEYS`."""
-  flat = {k: v for k, v in _flatten(_config_dict(config)).items() if k not in NON_SEMANTIC_KEYS}
+  return _hash_flat(_flatten(_config_dict(config)))
+
+
+def recorded_config_hash(workdir: str, config) -> str | None:
+  """The config hash of the finished run in ``workdir``, comparable with ``config``'s.
+
+  Config keys added to rectrain after the run was recorded are absent from its
+  recorded config (``run.json``, else ``config.json``); where ``config`` holds such a key at its default value (a
+  feature that is off, as it was for the recorded run), the recorded config
+  is completed with it before hashing, so adding an option to rectrain does
+  not invalidate finished runs. A key whose value differs from its default,
+  or any other difference, still changes the hash.
+  """
+  record = _read_json(os.path.join(workdir, RUN_RECORD))
+  recorded = record.get("config")
+  if recorded is None and os.path.isfile(os.path.join(workdir, CONFIG)):
+    recorded = _read_json(os.path.join(workdir, CONFIG))
+  if not isinstance(recorded, Mapping):
+    return record.get("config_hash")
+  from rectrain.configs import default_config
+  recorded = _flatten(recorded)
+  defaults = _flatten(_config_dict(default_config()))
+  current = _flatten(_config_dict(config))
+  added = {k: v for k, v in current.items()
+           if k not in recorded and k in defaults and defaults[k] == v}
+  if not added:
+    return record.get("config_hash")
+  return _hash_flat({**recorded, **added})
+
+
+def _hash_flat(flat: Mapping[str, Any]) -> str:
+  flat = {k: v for k, v in flat.items() if k not in NON_SEMANTIC_KEYS}
   text = json.dumps(flat, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -407,7 +438,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
 
   Resolves ``experiment.num_windows`` into ``metrics.window_rows``, calls
   :func:`rectrain.train.loop.train_stream` (or :func:`run_bayes_ceiling` when
-  ``experiment.oracle``), then :func:`write_run_record`. Returns the summary.
+  ``experiment.oracle``, :func:`rectrain.train.delayed.train_delayed` when
+  ``delayed.method`` is set, :func:`rectrain.train.loop.train_offline` when
+  ``offline.epochs``), then :func:`write_run_record`. Returns the summary.
   """
   if not workdir:
     raise ValueError("run_experiment: a run directory (workdir) is required")
@@ -415,6 +448,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
   started = _now()
   if _experiment(config).get("oracle"):
     summary = run_bayes_ceiling(config, workdir)
+  elif config.get("delayed", None) is not None and config.delayed.method:
+    from rectrain.train.delayed import train_delayed
+    summary = train_delayed(config, workdir=workdir)
   elif config.offline.epochs:
     from rectrain.train.loop import train_offline
     summary = train_offline(config, workdir=workdir)
@@ -567,7 +603,7 @@ def run_sweep(exp_dir: str, out_dir: str | None = None, arg: str | None = None,
           "config_hash": config_hash(config), "status": "planned", "seconds": None}
     statuses.append(st)
     if is_finished(workdir):
-      recorded = _read_json(os.path.join(workdir, RUN_RECORD)).get("config_hash")
+      recorded = recorded_config_hash(workdir, config)
       if recorded != st["config_hash"] and not ignore_changed:
         raise ValueError(f"{workdir}: holds a finished run of a different config (hash "
                          f"{recorded} != {st['config_hash']}); remove the directory, choose "
@@ -765,6 +801,14 @@ _METRICS = {
     "skipped_rows": ("skipped rows", None, ",.0f"),
     "best_auc": ("best AUC", "max", ".4f"),
     "best_epoch": ("best epoch", None, ".2f"),
+    "pr_auc": ("PR-AUC", "max", ".4f"),
+    "mean_pred": ("mean prediction", None, ".4f"),
+    "pcoc_windows.std": ("PCOC std over windows", "min", ".4f"),
+    "zero_fraction": ("zero weights", None, ".3f"),
+    "table_bytes": ("table bytes", None, ",.0f"),
+    "idmap_hit_rate": ("id map hit rate", None, ".4f"),
+    "idmap_occupied": ("id map rows used", None, ",.0f"),
+    "idmap_evicted": ("id map evictions", None, ",.0f"),
 }
 DEFAULT_METRICS = ("auc", "logloss", "ne", "pcoc")
 
@@ -804,6 +848,10 @@ def run_value(run: Run, key: str, _cache: dict | None = None) -> float:
     v = match[0].get(metric) if match else None
   elif key in run.summary:
     v = run.summary.get(key)
+  elif "." in key:  # a nested summary entry: pcoc_windows.std
+    v = run.summary
+    for part in key.split("."):
+      v = v.get(part) if isinstance(v, Mapping) else None
   else:
     v = (run.summary.get("variation") or {}).get(key)
   if v is None or isinstance(v, (dict, list, str, bool)):

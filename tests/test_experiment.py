@@ -433,3 +433,54 @@ def test_offline_config_runs_the_offline_protocol_and_records_last_point(tmp_pat
   assert record["rows"] == 2 * 2048 and record["rows_per_sec"] > 0
   best = max(points, key=lambda p: p["test"]["auc"])
   assert summary["best_epoch"] == best["epoch"]
+
+
+def test_options_added_after_a_run_was_recorded_keep_it_finished(tmp_path):
+  exp = _write_experiment(tmp_path / "toy", seeds=(0,))
+  out = str(tmp_path / "out")
+
+  def runner(config, workdir, command):
+    summary = {"rows": 5, "auc": 0.5, "logloss": 0.6, "ne": 0.9, "pcoc": 1.0}
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f)
+    ex.write_run_record(workdir, config, summary, config.seed, command=command)
+
+  ex.run_sweep(exp, out, in_process=True, runner=runner, log=lambda s: None)
+  run_dir = os.path.join(out, "LR_seed0")
+  # Simulate a run recorded before the serving section existed: drop it from
+  # its config.json and give run.json the hash of that older config.
+  path = os.path.join(run_dir, "run.json")
+  data = json.load(open(path))
+  del data["config"]["serving"]
+  data["config_hash"] = ex._hash_flat(ex._flatten(data["config"]))
+  json.dump(data, open(path, "w"))
+  old_hash = json.load(open(os.path.join(run_dir, "run.json")))["config_hash"]
+  point = ex.point_config(exp, None, ["model.name=lr", "seed=0"])
+  assert ex.config_hash(point) != old_hash
+  assert ex.recorded_config_hash(run_dir, point) == ex.config_hash(point)
+  st = ex.run_sweep(exp, out, in_process=True, runner=runner, log=lambda s: None)
+  assert [s["status"] for s in st] == ["skipped"]
+  # the added option at a value other than its default is a different run
+  with pytest.raises(ValueError, match="different config"):
+    ex.run_sweep(exp, out, overrides=["serving.sync_tables_s=3600.0"], in_process=True,
+                 runner=runner,
+                 log=lambda s: None)
+
+
+def test_nested_summary_metric_and_delayed_dispatch(tmp_path):
+  config = configs.default_config()
+  configs.apply_overrides(config, [
+      "delayed.method=fnw", "data.max_rows=20000", "data.synthetic.rows_per_day=10000",
+      "model.name=lr", "train.progress=False", "data.cat_buckets=4096",
+      "data.batch_size=512", "train.steps_per_dispatch=1", "delayed.window_s=14400.0"])
+  workdir = str(tmp_path / "fnw")
+  summary = ex.run_experiment(config, workdir)
+  assert summary["method"] == "fnw" and summary["incremental_rows"] == 10_000
+  run = ex.load_runs([workdir])[0]
+  assert run.record["rows"] == 10_000 and run.record["param_count"] > 0
+  assert ex.run_value(run, "pcoc_windows.std") == pytest.approx(summary["pcoc_windows"]["std"])
+  assert 0 < ex.run_value(run, "pr_auc") < 1
+  config.delayed.method = "nope"
+  with pytest.raises(ValueError, match="delayed.method"):
+    ex.run_experiment(config, str(tmp_path / "bad"))

@@ -390,7 +390,9 @@ def resolve_delayed_config(config) -> ml_collections.ConfigDict:
   if given is not None:
     _merge(c, given, "delayed.")
   if c.method not in METHODS:
-    raise ValueError(f"config delayed.method={c.method!r}: must be one of {METHODS}")
+    raise ValueError(f"config delayed.method={c.method!r}: must be one of {METHODS}"
+                     + (" (the delayed-feedback runner needs a method; '' means off)"
+                        if not c.method else ""))
   mode = c.join_mode or METHOD_JOIN[c.method]
   if mode not in JOIN_MODES:
     raise ValueError(f"config delayed.join_mode={c.join_mode!r}: must be '' or one of {JOIN_MODES}")
@@ -632,7 +634,9 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
   Returns:
     summary dict: method, join mode, rows per phase, the incremental phase's
     ``auc``, ``pr_auc``, ``logloss``, ``ne``, ``pcoc``, ``base_rate``,
-    ``mean_pred``, ``pcoc_windows`` (mean/std/min/max over windows), the seed
+    ``mean_pred``, ``pcoc_windows`` (mean/std/min/max over windows), ``rows``
+    (scored in the incremental phase), ``rows_per_sec`` (seed and incremental
+    impressions over the wall time), ``param_count``, the seed
     phase's metrics under ``seed``, joiner counts, emitted rows per kind,
     steps, run time; the final train state under ``"_state"`` (and the aux
     model's under ``"_aux_state"``), not serialised.
@@ -808,7 +812,9 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
   summary.update(seed=phases["seed"].result(), seed_steps=seed_steps, steps=int(state.step),
                  nonfinite_batches=int(state.nonfinite),
                  seed_time_sec=t_seed_end - t_start, incremental_time_sec=t_end - t_seed_end,
-                 wall_time_sec=t_end - t_start, delayed=dc.to_dict())
+                 wall_time_sec=t_end - t_start, delayed=dc.to_dict(),
+                 rows_per_sec=(seed_rows + inc_rows) / max(t_end - t_start, 1e-9),
+                 param_count=_param_count(state))
   if workdir:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(_jsonable(summary), f, indent=2)
@@ -816,6 +822,11 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
   if use_aux:
     summary["_aux_state"] = aux_state
   return summary
+
+
+def _param_count(state) -> int:
+  """Parameters of the served model: dense parameters and embedding tables (no optimizer state)."""
+  return int(sum(np.size(x) for x in jax.tree_util.tree_leaves((state.dense_params, state.tables))))
 
 
 def _delay(batch) -> np.ndarray:
