@@ -6,14 +6,11 @@ existing loop, bit for bit (tests/test_loop.py's golden run)."""
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
 import pytest
+from _crash import kill_after_checkpoint
 
 from rectrain import configs
 from rectrain.data import idmap, make_stream
@@ -96,24 +93,7 @@ def test_mapped_run_writes_window_statistics(reference):
 def test_killed_mapped_run_resumes_to_the_same_result(reference, tmp_path):
   ref_dir, ref = reference
   workdir = tmp_path / "crash"
-  cmd = [sys.executable, "-m", "rectrain.cli", "run", "--workdir", str(workdir)]
-  for o in MAPPED:
-    cmd += ["--set", o]
-  env = dict(os.environ, RECTRAIN_DEBUG_DISPATCH_DELAY="0.3", JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  deadline = time.time() + 240
-  try:
-    while time.time() < deadline:
-      done = ckpt.latest_checkpoint(str(workdir))
-      if done and json.load(open(os.path.join(done, "meta.json")))["batches"] >= 16:
-        break
-      assert proc.poll() is None, proc.stderr.read().decode()
-      time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-  finally:
-    proc.wait()
-  assert not (workdir / "summary.json").exists()  # it really died mid-stream
-  meta = json.load(open(os.path.join(ckpt.latest_checkpoint(str(workdir)), "meta.json")))
+  meta = kill_after_checkpoint(workdir, MAPPED, min_batches=16, delay_s=0.3)
   assert 16 <= meta["batches"] < 32
 
   resumed = train_stream(config_of(MAPPED), workdir=str(workdir))

@@ -2,15 +2,11 @@
 warm start, non-finite batches, config errors, the offline protocol, the CLI."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
 import pytest
+from _crash import kill_after_checkpoint
 
 from rectrain import cli, configs
 from rectrain.data.synthetic import SyntheticStream
@@ -74,24 +70,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
   reference = train_stream(small_config(*overrides[len(SMALL):]), workdir=str(tmp_path / "ref"))
 
   workdir = tmp_path / "crash"
-  cmd = [sys.executable, "-m", "rectrain.cli", "run", "--workdir", str(workdir)]
-  for o in overrides:
-    cmd += ["--set", o]
-  env = dict(os.environ, RECTRAIN_DEBUG_DISPATCH_DELAY="0.4", JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  deadline = time.time() + 240
-  try:
-    while time.time() < deadline:
-      done = ckpt.latest_checkpoint(str(workdir))
-      if done and json.load(open(os.path.join(done, "meta.json")))["batches"] >= 16:
-        break
-      assert proc.poll() is None, proc.stderr.read().decode()
-      time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-  finally:
-    proc.wait()
-  assert not (workdir / "summary.json").exists()  # it really died mid-stream
-  meta = json.load(open(os.path.join(ckpt.latest_checkpoint(str(workdir)), "meta.json")))
+  meta = kill_after_checkpoint(workdir, overrides, min_batches=16, delay_s=0.4)
   assert 16 <= meta["batches"] < 48
 
   resumed = train_stream(small_config(*overrides[len(SMALL):]), workdir=str(workdir))
