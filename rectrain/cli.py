@@ -56,6 +56,13 @@ def format_summary(summary: dict) -> str:
       ("PCOC", fmt(summary.get("pcoc"), ".4f")),
       ("base rate", fmt(summary.get("base_rate"), ".4f")),
   ]
+  if summary.get("method") is not None:  # a delayed-feedback run (rectrain/train/delayed.py)
+    rows.insert(1, ("delayed-feedback method", f"{summary['method']} ({summary.get('join_mode')} join)"))
+    rows.insert(2, ("rows (incremental, scored)", rows.pop(2)[1]))
+    rows.insert(4, ("PR-AUC", fmt(summary.get("pr_auc"), ".4f")))
+    pw = summary.get("pcoc_windows") or {}
+    if pw.get("std") is not None:
+      rows.append(("PCOC over windows (mean ± std)", f"{pw['mean']:.4f} ± {pw['std']:.4f}"))
   if summary.get("bayes_auc") is not None:
     rows += [("Bayes ceiling AUC", fmt(summary.get("bayes_auc"), ".4f")),
              ("Bayes ceiling log loss", fmt(summary.get("bayes_logloss"), ".4f"))]

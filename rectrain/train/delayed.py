@@ -593,6 +593,7 @@ class _Phase:
                              "min": float(pc.min()) if pc.size else math.nan,
                              "max": float(pc.max()) if pc.size else math.nan},
             "bayes_auc": b["auc"] if b["rows"] else None,
+            "bayes_logloss": b["logloss"] if b["rows"] else None,
             "bayes_pcoc": b["pcoc"] if b["rows"] else None,
             "windows": self.windows, "join_counts": self.counts, "emitted_by_kind": self.kinds}
 
