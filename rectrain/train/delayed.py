@@ -46,6 +46,7 @@ Shape legend: B batch rows, K heads, C packed label columns.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -409,6 +410,13 @@ def resolve_delayed_config(config) -> ml_collections.ConfigDict:
   if not s or any(v <= 0 for v in s) or any(b <= a for a, b in zip(s, s[1:])):
     raise ValueError(f"config delayed.snapshot_s={tuple(c.snapshot_s)!r}: must be increasing "
                      f"positive seconds")
+  longest = max(float(c.attribution_s), s[-1] if c.method == "multihead" else 0.0)
+  if float(c.seed_days) * 86400.0 < longest:
+    logging.getLogger(__name__).warning(
+        "config delayed.seed_days=%s is shorter than the longest emission delay (%.0f s, "
+        "delayed.attribution_s / snapshot_s): the first incremental windows lack the late "
+        "emissions of impressions before the stream began, which biases them (DEFER most)",
+        c.seed_days, longest)
   if c.multihead.train_heads not in ("mature", "newest"):
     raise ValueError(f"config delayed.multihead.train_heads={c.multihead.train_heads!r}: "
                      f"must be 'mature' or 'newest'")
@@ -624,7 +632,11 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
      These include late emissions (delayed positives, DEFER's second
      emissions) of impressions of the seed days, as a join running
      continuously would give, so the emitted stream is stationary from the
-     first incremental window on.
+     first incremental window on, provided the seed phase is at least as
+     long as the longest emission delay (``delayed.attribution_s``, and the
+     last of ``delayed.snapshot_s`` for the multi-head tower); with a
+     shorter one the first incremental windows lack the late emissions of
+     impressions before the stream began.
 
   This is the protocol of Yang et al. (2021: pre-train on complete
   days, then stream) and of /work/shared/docs/domain.md, section 2.
