@@ -28,6 +28,9 @@ def _cmd_run(args) -> int:
   from rectrain.experiment import reproduce_command, run_experiment
   summary = run_experiment(config, workdir, command=reproduce_command(
       args.config, workdir, args.arg, args.set or []))
+  import jax
+  if jax.process_index() != 0:  # several processes: the main one prints the result
+    return 0
   if config.offline.epochs:
     print(format_offline(summary))
     print(f"\nrun directory: {workdir}  (run.json, config.json, offline.jsonl, summary.json)")

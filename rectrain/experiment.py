@@ -457,8 +457,10 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
   else:
     from rectrain.train.loop import train_stream
     summary = train_stream(config, workdir=workdir)
-  write_run_record(workdir, config, summary, int(config.seed), command=command,
-                   started_at=started, extra=extra)
+  import jax
+  if jax.process_index() == 0:  # several processes: the main one writes the record
+    write_run_record(workdir, config, summary, int(config.seed), command=command,
+                     started_at=started, extra=extra)
   return summary
 
 

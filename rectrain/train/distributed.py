@@ -14,7 +14,10 @@ parses the whole stream; for file sources with at least ``H`` files, give each
 host its own files with ``data.path`` instead.) The distinct row ids of the
 global batch are computed on every host from the all-gathered local ids
 (:func:`global_unique`; ``B F`` int32 per step over the host network), so the
-row-wise update sees each row once.
+row-wise update sees each row once. The streaming loop
+(:func:`rectrain.train.loop.train_stream`) has the whole global batch on every
+host, so it dedups it locally (the same ``unique`` everywhere, no network) and
+places each host's rows with :func:`put_local`.
 
 Start-up (:func:`initialize`): from ``config.distributed`` or the environment
 (``RECTRAIN_COORDINATOR=host:port``, ``RECTRAIN_NUM_PROCESSES``,

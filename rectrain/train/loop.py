@@ -29,8 +29,10 @@ from rectrain.models import build_model, count_params, init_tables
 from rectrain.optim import get_optimizer, get_sparse_optimizer
 from rectrain.train import checkpoint as ckpt
 from rectrain.train.async_sim import AsyncState, make_async_train_step_from_config
+from rectrain.train import distributed as dist
 from rectrain.train import serving as serving_lib
-from rectrain.train.step import init_train_state, make_multi_step, make_train_step
+from rectrain.train import sharding as sh
+from rectrain.train.step import TrainState, init_train_state, make_multi_step, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +74,24 @@ def build_optimizers(config, table_names):
   return dense_opt, sparse
 
 
-def create_model_and_state(config, num_rows: int, num_fields: int, num_dense: int):
-  """Builds the model, its initial TrainState, the optimizers and the param count."""
+def create_model_and_state(config, num_rows: int, num_fields: int, num_dense: int,
+                           table_rows: int | None = None):
+  """Builds the model, its initial TrainState, the optimizers and the param count.
+
+  ``table_rows > num_rows`` (a sharded run, :func:`rectrain.train.sharding.padded_rows`)
+  appends zero rows to every table after initialising its ``num_rows`` real
+  rows, so the real rows are the same as without padding; the param count
+  counts the real rows.
+  """
   model = build_model(config.model)
   specs = model.table_specs()
   key = jax.random.PRNGKey(config.seed)
   k_tables, k_dense = jax.random.split(key)
   tables = init_tables(k_tables, specs, num_rows)
+  if table_rows is not None and table_rows != num_rows:
+    if table_rows < num_rows:
+      raise ValueError(f"create_model_and_state: table_rows={table_rows} < num_rows={num_rows}")
+    tables = {k: jnp.pad(t, ((0, table_rows - num_rows), (0, 0))) for k, t in tables.items()}
   rows = {s.name: jnp.zeros((2, num_fields, s.dim), jnp.float32) for s in specs}
   dense_params = model.init(k_dense, rows, jnp.zeros((2, num_dense), jnp.float32))
   dense_opt, sparse_opts = build_optimizers(config, [s.name for s in specs])
@@ -162,6 +175,18 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   batch; the map's state is saved with every checkpoint (``idmap.npz``); its
   statistics go to metrics.jsonl (``"idmap"`` windows) and the summary.
 
+  ``config.mesh.shape`` with more than one device (rectrain/train/sharding.py):
+  the tables (and their row-wise optimizer state) are row-sharded over every
+  device of the mesh, padded to ``padded_rows`` (the padding rows are never
+  used), the batch is split over the ``data`` axis and the step is the
+  ``shard_map`` step; predictions and metrics are the same as on one device
+  up to float32 summation order. ``config.distributed`` (or the
+  ``RECTRAIN_COORDINATOR`` environment, rectrain/train/distributed.py) starts
+  several processes: each places its interleaved share of every global batch,
+  every process computes the same metrics, process 0 writes the files. The
+  returned ``"_state"`` then keeps the padded, sharded tables (rows
+  ``[:num_rows]`` are the table); a checkpoint restores on any device count.
+
   Returns:
     the summary dict (also written to ``workdir/summary.json``), with the
     final (live) state under the key ``"_state"`` and, with the id map, the
@@ -170,6 +195,8 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   from rectrain.configs import validate
   validate(config)
   t_start = time.perf_counter()
+  mesh = _run_mesh(config)  # None: one device, the unsharded step
+  is_main = jax.process_index() == 0
   use_idmap = _idmap_enabled(config)
   if stream is None:
     stream = make_stream(config.data, seed=config.seed, raw_ids=use_idmap)
@@ -177,10 +204,14 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   num_rows = stream.num_rows if im is None else im.num_rows
   num_fields = stream.layout.num_fields
   num_dense = stream.num_dense
+  table_rows = num_rows if mesh is None else sh.padded_rows(num_rows, mesh)
   model, state, dense_opt, sparse_opts, params = create_model_and_state(
-      config, num_rows, num_fields, num_dense)
+      config, num_rows, num_fields, num_dense, table_rows=table_rows)
   learn = bool(config.train.get("learn", True))
-  step_fn = make_train_step(model, dense_opt, sparse_opts, train_dense=learn, train_tables=learn)
+  if mesh is None:
+    step_fn = make_train_step(model, dense_opt, sparse_opts, train_dense=learn, train_tables=learn)
+  else:  # async / id map / serving / learn=False are refused by _run_mesh
+    step_fn = sh.make_sharded_train_step(model, dense_opt, sparse_opts)
   if config.train.async_sim.enabled:
     # Simulated asynchronous training: gradients computed at stale parameters.
     async_init, step_fn = make_async_train_step_from_config(
@@ -197,7 +228,14 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     step_fn = serving_lib.make_serving_step(step_fn, model, *stale)
     state = serving_lib.init_serving_state(state, *stale)  # before restore: the checkpoint template
     schedules = _sync_schedules(serving)
-  multi = make_multi_step(step_fn)
+  device_keys = DEVICE_KEYS + (idmap_lib.RESET_KEYS if im is not None else ())
+  if mesh is None:
+    multi = make_multi_step(step_fn)
+    place = None
+  else:  # before restore: the sharded state is the checkpoint template
+    state = sh.shard_state(state, mesh, table_rows)
+    multi = sh.make_sharded_multi_step(step_fn, mesh, state, table_rows, device_keys)
+    place = _batch_placer(mesh, device_keys)
 
   window = _make_windows(config, stream)
   overall = metrics_lib.MetricAccumulator()
@@ -210,8 +248,9 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   metrics_file = None
   if workdir:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+    if is_main:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
   resumed_from = None
   if workdir and resume and ckpt.latest_checkpoint(workdir):
     path = ckpt.latest_checkpoint(workdir)
@@ -219,7 +258,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       raise ValueError(f"{path}: checkpoint written with serving "
                        f"{'on' if schedules is None else 'off'} but config.serving has it "
                        f"{'off' if schedules is None else 'on'}; use another workdir")
-    state, meta = ckpt.restore_checkpoint(path, state)
+    state, meta = _restore(path, state, num_rows, table_rows, mesh)
     batches_done, rows_done = meta["batches"], meta["rows"]
     if schedules is not None:
       schedules = _sync_schedules(serving, meta["serving"])
@@ -229,11 +268,12 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     if im is not None:
       im, im_windows = _idmap_restore(path, meta, config.metrics.window_rows)
     resumed_from = path
-    _truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), meta["metrics_lines"])
+    if is_main:
+      _truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), meta["metrics_lines"])
   elif config.train.warm_start.path:
     state = _warm_start(state, _warm_start_path(config.train.warm_start.path, workdir, config.seed),
                         config.train.warm_start.parts)
-  if workdir:
+  if workdir and is_main:
     metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
   metrics_lines = _count_lines(workdir)
 
@@ -243,24 +283,27 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
 
   source = _skip(iter(stream), batches_done)
   if im is None:
-    source = with_unique(source, num_rows)
+    source = with_unique(source, table_rows)  # padding id: table_rows (= num_rows on one device)
     groups = _grouped(source, k)
   else:  # skipped batches were seen by the restored map: remap after the skip
     groups = idmap_lib.with_state_snapshots(
         _grouped(idmap_lib.with_idmap(source, im), k), im,
         config.train.checkpoint_every if workdir else 0, batches_done)
   groups = prefetch(groups, config.data.prefetch)
-  device_keys = DEVICE_KEYS + (idmap_lib.RESET_KEYS if im is not None else ())
   total = config.data.max_rows or None
-  progress = _Progress(config.train.progress, total, rows_done)
+  progress = _Progress(config.train.progress and is_main, total, rows_done)
 
   def record(pending):
     nonlocal metrics_lines, rows_done, nonfinite_rows
     n, host, out = pending
-    preds = np.asarray(out.preds_B).reshape(-1)
+    if mesh is None:
+      preds = np.asarray(out.preds_B).reshape(-1)
+      applied = np.asarray(out.applied)
+    else:
+      preds = _preds_to_host(out.preds_B).reshape(-1)
+      applied = _replicated_to_host(out.applied)
     if keep_predictions:
       kept_predictions.append(preds[host["weight"].reshape(-1) > 0])
-    applied = np.asarray(out.applied)
     if config.train.nonfinite == "raise" and not applied.all():
       bad = int(np.argmin(applied))
       raise NonFiniteLossError(
@@ -305,6 +348,8 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       if schedules is not None:
         for key, schedule in zip(serving_lib.SYNC_KEYS, schedules):
           device_batch[key] = schedule.flags(group["time"], group["weight"])
+      if place is not None:
+        device_batch = place(device_batch)
       state, out = multi(state, device_batch)
       batches_done += n
       dispatches += 1
@@ -327,10 +372,10 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
         if metrics_file:
           metrics_file.flush()
         im_meta, im_files = _idmap_checkpoint(im_windows, group, batches_done)
-        ckpt.save_checkpoint(workdir, batches_done, state, {
+        _save_checkpoint(workdir, batches_done, state, {
             "batches": batches_done, "rows": rows_done, "overall": overall.state(), "ceiling": ceiling.state(),
-            "windows": window.state(), "metrics_lines": metrics_lines, **im_meta,
-            **_serving_meta(schedules)},
+            "windows": window.state(), "metrics_lines": metrics_lines, "table_rows": table_rows,
+            **im_meta, **_serving_meta(schedules)},
             keep=config.train.keep_checkpoints, extra_files=im_files)
     if pending is not None:
       record(pending)
@@ -350,10 +395,10 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   if workdir:
     im_meta, im_files = _idmap_checkpoint(im_windows, {"_idmap_state": im.state()} if im is not None else {},
                                           batches_done)
-    ckpt.save_checkpoint(workdir, batches_done, state, {
+    _save_checkpoint(workdir, batches_done, state, {
         "batches": batches_done, "rows": rows_done, "overall": overall.state(), "ceiling": ceiling.state(),
-        "windows": window.state(), "metrics_lines": metrics_lines, "final": True, **im_meta,
-        **_serving_meta(schedules)},
+        "windows": window.state(), "metrics_lines": metrics_lines, "final": True,
+        "table_rows": table_rows, **im_meta, **_serving_meta(schedules)},
         keep=config.train.keep_checkpoints, extra_files=im_files)
 
   served = state
@@ -377,7 +422,8 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       "rows_per_sec": steady_rows / steady_time if steady_time and steady_rows > 0 else float("nan"),
       "wall_time_sec": t_end - t_start,
       "batches": batches_done,
-      "nonfinite_batches": int(state.nonfinite),
+      "nonfinite_batches": int(state.nonfinite if mesh is None
+                               else _replicated_to_host(state.nonfinite)),
       "nonfinite_prediction_rows": nonfinite_rows,
       "skipped_rows": int(sum(report.get("skipped", {}).values())),
       "skipped_by_reason": dict(report.get("skipped", {})),
@@ -388,13 +434,19 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       "resumed_from": resumed_from,
       "table_bytes": _table_bytes(state),
   }
+  if mesh is not None:
+    summary["table_bytes"], summary["table_bytes_per_device"] = _sharded_table_bytes(
+        state, table_rows, num_rows)
+    summary["mesh"] = {"shape": [int(mesh.shape[a]) for a in sh.AXES],
+                       "devices": sh.mesh_size(mesh), "processes": jax.process_count(),
+                       "table_rows": table_rows}
   if im is not None:
     summary.update(_idmap_summary(im, im_windows))
   if schedules is not None:
     summary["serving"] = {"table_syncs": schedules[0].syncs, "dense_syncs": schedules[1].syncs,
                           "tables_served_copy": bool(served.served_tables),
                           "dense_served_copy": bool(served.served_dense)}
-  if workdir:
+  if workdir and is_main:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(_jsonable(summary), f, indent=2)
   summary["_state"] = state.train if isinstance(state, AsyncState) else state
@@ -404,6 +456,182 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     summary["_predictions"] = (np.concatenate(kept_predictions) if kept_predictions
                                else np.zeros((0,), np.float32))
   return summary
+
+
+# ---------------------------------------------------------------------------
+# Several devices and processes (config.mesh, config.distributed) in the streaming loop.
+
+
+def _run_mesh(config):
+  """The run's device mesh from ``config.mesh`` (after the ``jax.distributed`` start-up).
+
+  Returns None for one device (the unsharded step). Errors name the config
+  keys that do not fit a sharded run.
+  """
+  section = config.get("distributed", None)
+  if not jax.distributed.is_initialized():
+    dist.initialize(section.to_dict() if section is not None else None)
+  section = config.get("mesh", None)
+  shape = tuple(int(x) for x in section.shape) if section is not None else (1, 1)
+  processes = jax.process_count()
+  if shape == (1, 1) and processes == 1:
+    return None
+  mesh = sh.make_mesh(shape)
+  devices = sh.mesh_size(mesh)
+  if processes > 1:
+    if devices != len(jax.devices()):
+      raise ValueError(f"config mesh.shape={shape}: a run of {processes} processes must use "
+                       f"all their {len(jax.devices())} devices (e.g. mesh.shape=(-1, 1))")
+    if mesh.shape["data"] % processes:
+      raise ValueError(f"config mesh.shape={shape}: the data axis ({mesh.shape['data']}) must "
+                       f"be a multiple of the {processes} processes")
+  elif devices == 1:
+    return None
+  data = mesh.shape["data"]
+  if config.data.batch_size % data:
+    raise ValueError(f"config data.batch_size={config.data.batch_size} is not divisible by the "
+                     f"{data} data shards of mesh.shape={shape}")
+  refused = []
+  if config.train.async_sim.enabled:
+    refused.append("train.async_sim.enabled=True")
+  if serving_lib.serving_enabled(config.get("serving", None)):
+    refused.append("serving.sync_tables_s / sync_dense_s / freeze_after_s (a served copy)")
+  if _idmap_enabled(config):
+    refused.append("idmap.enabled=True")
+  if not config.train.get("learn", True):
+    refused.append("train.learn=False")
+  if config.get("offline", None) is not None and config.offline.epochs:
+    refused.append(f"offline.epochs={config.offline.epochs}")
+  if config.train.warm_start.path:
+    refused.append("train.warm_start.path")
+  if refused:
+    raise ValueError(f"config mesh.shape={shape} ({devices} devices) does not work with "
+                     f"{'; '.join(refused)} yet: set mesh.shape=(1, 1) or turn these off")
+  return mesh
+
+
+def _batch_placer(mesh, keys):
+  """``place(stacked host batches) -> device arrays`` sharded over ``data``.
+
+  With several processes each places rows ``p::H`` of every global batch
+  (:func:`rectrain.train.distributed.host_rows`); ``unique`` (of the whole
+  batch, the same on every host) is replicated.
+  """
+  shardings = sh.batch_shardings(mesh, keys, stacked=True)
+  hosts, me = jax.process_count(), jax.process_index()
+
+  def place(batches):
+    if hosts > 1:
+      batches = {k: v if k == "unique" else v[:, me::hosts] for k, v in batches.items()}
+    return dist.put_local(batches, shardings)
+
+  return place
+
+
+def _preds_to_host(preds_KxB) -> np.ndarray:
+  """Sharded predictions ``(K, B)`` as a host array in stream row order.
+
+  With ``H`` processes the global batch holds process ``p``'s rows ``p::H``
+  at ``[p B/H, (p+1) B/H)``; this undoes that interleave.
+  """
+  hosts = jax.process_count()
+  if hosts == 1:
+    return np.asarray(preds_KxB)
+  full_KxB = dist.gather_rows_to_host(preds_KxB)
+  k, b = full_KxB.shape
+  return full_KxB.reshape(k, hosts, b // hosts).transpose(0, 2, 1).reshape(k, b)
+
+
+def _replicated_to_host(x) -> np.ndarray:
+  """A replicated array (possibly spanning other processes' devices) on the host."""
+  return np.asarray(x if x.is_fully_addressable else x.addressable_data(0))
+
+
+def _sharded_table_bytes(state, table_rows: int, num_rows: int) -> tuple[int, int]:
+  """(bytes of the real rows of the tables + row-wise optimizer state, bytes on one device)."""
+  total = per_device = 0
+  for x in jax.tree_util.tree_leaves((state.tables, state.table_opt_state)):
+    row_leaf = x.ndim >= 1 and x.shape[0] == table_rows
+    total += x.nbytes // table_rows * num_rows if row_leaf else x.nbytes
+    per_device += x.addressable_shards[0].data.nbytes
+  return int(total), int(per_device)
+
+
+def _restore(path: str, state, num_rows: int, table_rows: int, mesh):
+  """Restores checkpoint ``path`` onto ``state``'s shardings; returns (state, meta).
+
+  A checkpoint written with another device count has its tables padded to
+  another ``table_rows`` (meta key ``table_rows``; absent = ``num_rows``): its
+  row leaves are restored whole, cut or zero-padded to this run's rows (only
+  padding rows, never used, differ) and sharded on this run's mesh.
+  """
+  saved = int(_meta_of(path).get("table_rows", num_rows))
+  if saved == table_rows:
+    return ckpt.restore_checkpoint(path, state)
+  if not isinstance(state, TrainState) or saved < num_rows:
+    raise ValueError(f"{path}: checkpoint tables have {saved} rows; this run needs "
+                     f"{table_rows} rows ({num_rows} real) and a plain train state: "
+                     "another data.cat_buckets, serving or async setting?")
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def abstract(tree):
+    return jax.tree_util.tree_map(
+        lambda x: (jax.ShapeDtypeStruct((saved,) + x.shape[1:], x.dtype, sharding=local)
+                   if x.ndim >= 1 and x.shape[0] == table_rows else x), tree)
+
+  def fit(tree):
+    def one(x):
+      if x.ndim < 1 or x.shape[0] != saved:
+        return x
+      if saved > table_rows:
+        return x[:table_rows]
+      return jnp.pad(x, [(0, table_rows - saved)] + [(0, 0)] * (x.ndim - 1))
+    return jax.tree_util.tree_map(one, tree)
+
+  like = state._replace(tables=abstract(state.tables),
+                        table_opt_state=abstract(state.table_opt_state))
+  restored, meta = ckpt.restore_checkpoint(path, like)
+  restored = restored._replace(tables=fit(restored.tables),
+                               table_opt_state=fit(restored.table_opt_state))
+  if mesh is not None:
+    restored = sh.shard_state(restored, mesh, table_rows)
+  return restored, meta
+
+
+def _save_checkpoint(workdir: str, batches: int, state, meta: dict, keep: int,
+                     extra_files=None) -> None:
+  """:func:`rectrain.train.checkpoint.save_checkpoint`, also for several processes.
+
+  With several processes every process writes its shards (orbax) and process
+  0 the directory, ``meta.json`` (last) and the pruning of old checkpoints.
+  """
+  if jax.process_count() == 1:
+    ckpt.save_checkpoint(workdir, batches, state, meta, keep=keep, extra_files=extra_files)
+    return
+  import shutil
+  import orbax.checkpoint as ocp
+  from jax.experimental import multihost_utils
+  if extra_files:
+    raise ValueError("several processes: checkpoints with extra files are not supported")
+  path = os.path.join(ckpt._dir(workdir), f"{batches:012d}")
+  main = jax.process_index() == 0
+  if main:
+    if os.path.exists(path):
+      shutil.rmtree(path)
+    os.makedirs(path)
+  multihost_utils.sync_global_devices(f"rectrain checkpoint {batches} dir")
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(path, "state"), state)
+  checkpointer.wait_until_finished()
+  multihost_utils.sync_global_devices(f"rectrain checkpoint {batches} state")
+  if main:
+    tmp = os.path.join(path, "meta.json.tmp")
+    with open(tmp, "w") as f:
+      json.dump(meta, f)
+    os.replace(tmp, os.path.join(path, "meta.json"))
+    for old in ckpt._complete(workdir)[:-keep] if keep > 0 else []:
+      shutil.rmtree(old, ignore_errors=True)
+  multihost_utils.sync_global_devices(f"rectrain checkpoint {batches} meta")
 
 
 # ---------------------------------------------------------------------------
