@@ -26,7 +26,7 @@ MAPPED = [
     "train.progress=False", "metrics.window_rows=2048", "metrics.time_windows=",
     "idmap.enabled=True", "idmap.capacity=256", "idmap.min_count=2", "idmap.ttl=600.0",
     "idmap.sketch_width=4096", "idmap.max_admit_per_batch=512",
-    "train.checkpoint_every=8", "train.keep_checkpoints=10",
+    "train.checkpoint_every=8", "train.keep_checkpoints=10", "train.warmup_batch=0",
 ]
 
 

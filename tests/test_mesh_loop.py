@@ -99,9 +99,10 @@ def test_sharded_loop_matches_one_device(runs, mesh):
 
 @pytest.mark.parametrize("name,shards", [("resume1", [NUM_ROWS]), ("resume2", [106624 // 2] * 2)])
 def test_checkpoint_of_four_devices_resumes_on_fewer(runs, name, shards):
-  # checkpoint after 8 of 16 batches of the (4, 1) run, resumed to the end
+  # checkpoint after 8 of 19 batches of the (4, 1) run (the first batch of 512
+  # rows is learned as 64, 64, 128, 256: 2,560 rows), resumed to the end
   got = _load(runs, name)
-  _assert_same_run(got, _load(runs, "base"), tail_rows=8 * 512)
+  _assert_same_run(got, _load(runs, "base"), tail_rows=8192 - 2560)
   assert list(got["shard_rows"]) == shards
 
 
@@ -123,7 +124,7 @@ def test_two_processes_match_one(runs, two_processes):
   summary = json.loads((tmp_path / "mp_run" / "summary.json").read_text())
   assert summary["mesh"] == {"shape": [4, 1], "devices": 4, "processes": 2, "table_rows": 106624}
   # process 0 alone wrote the metrics and a multi-process checkpoint
-  assert sorted(os.listdir(tmp_path / "mp_run" / "checkpoints")) == ["000000000008", "000000000016"]
+  assert sorted(os.listdir(tmp_path / "mp_run" / "checkpoints")) == ["000000000016", "000000000019"]
   windows = [json.loads(line)
              for line in (tmp_path / "mp_run" / "metrics.jsonl").read_text().splitlines()]
   rows = [w["end_row"] for w in windows if w["window"] == "rows" and w["slice"] is None]

@@ -27,7 +27,7 @@ BATCH = 512
 ROWS_PER_DAY = 8192          # a batch spans 5,400 s of event time
 TINY = [
     f"data.max_rows={ROWS_PER_DAY}", f"data.batch_size={BATCH}", "data.cat_buckets=512",
-    "model.name=fm", "model.embed_dim=4", "train.steps_per_dispatch=4",
+    "model.name=fm", "model.embed_dim=4", "train.steps_per_dispatch=4", "train.warmup_batch=0",
     "train.progress=False", "metrics.window_rows=0", "metrics.time_windows=",
     f"data.synthetic.rows_per_day={ROWS_PER_DAY}", "data.synthetic.table_ranks=4096",
     "data.synthetic.block_rows=4096", "data.synthetic.calibration_rows=4096",

@@ -41,7 +41,7 @@ mode): ``--arg smoke`` (4,096 rows, 16 updates, MLP 32, 1,024 buckets; sync and
 DC-ASGD-a tau 4, seed 0).
 """
 
-from rectrain.configs import default_config
+from rectrain.configs import default_config, use_first_wave_defaults
 from rectrain.experiment import experiment_section
 
 SEEDS = (0, 1)
@@ -60,7 +60,7 @@ def get_config(arg=None):
   """The base config (synchronous DeepFM); ``arg="smoke"`` shrinks the run."""
   if arg not in (None, "", "smoke"):
     raise ValueError(f"experiments/async_staleness: unknown argument {arg!r} (use smoke or none)")
-  c = default_config()
+  c = use_first_wave_defaults(default_config())  # as the committed table was measured
   c.experiment = experiment_section(name="async_staleness")
   c.data.source = "synthetic"
   c.data.max_rows = 131_072

@@ -37,7 +37,7 @@ import os
 
 import ml_collections
 
-from rectrain.configs import default_config
+from rectrain.configs import default_config, use_first_wave_defaults
 from rectrain.data.split import split_counts
 from rectrain.experiment import STANDARD_MODELS, experiment_section, standard_model
 
@@ -85,7 +85,7 @@ def get_config(arg=None):
   """The base config of the protocol on the source the argument names."""
   mode, source_rows = parse_arg(arg)
   sizes = split_counts(source_rows, SPLIT_RATIOS, SPLIT_SEED)
-  c = default_config()
+  c = use_first_wave_defaults(default_config())  # as the committed table was measured
   c.experiment = experiment_section(name="criteo_offline")
   c.data.source = "criteo"
   c.data.path = ""                       # --set data.path=.../train.txt (required)

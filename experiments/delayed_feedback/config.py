@@ -51,7 +51,7 @@ Runtime and result: experiments/delayed_feedback/README.md. Smoke (seconds;
 the notebook's CI run): ``--arg smoke``.
 """
 
-from rectrain.configs import default_config
+from rectrain.configs import default_config, use_first_wave_defaults
 from rectrain.experiment import experiment_section
 from rectrain.models import default_model_config
 from rectrain.train.delayed import METHODS, delayed_config_defaults
@@ -92,7 +92,7 @@ def get_config(arg=None):
   if arg not in (None, "", "smoke"):
     raise ValueError(f"experiments/delayed_feedback: unknown argument {arg!r} (use smoke or none)")
   s = sizes(arg)
-  c = default_config()
+  c = use_first_wave_defaults(default_config())  # as the committed table was measured
   c.experiment = experiment_section(name="delayed_feedback")
   c.data.source = "synthetic"
   c.data.synthetic.rows_per_day = s["rows_per_day"]

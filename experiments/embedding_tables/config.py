@@ -50,7 +50,7 @@ The notebook notebooks/embedding_tables.ipynb runs the same sweep and draws it.
 Smoke (seconds; the notebook test runs it): ``--arg smoke``.
 """
 
-from rectrain.configs import default_config
+from rectrain.configs import default_config, use_first_wave_defaults
 from rectrain.experiment import experiment_section
 from rectrain.models import default_model_config
 
@@ -67,7 +67,7 @@ def get_config(arg=None):
   """The base config; ``arg="smoke"`` shrinks the run."""
   if arg not in (None, "", "smoke"):
     raise ValueError(f"experiments/embedding_tables: unknown argument {arg!r} (use smoke or none)")
-  c = default_config()
+  c = use_first_wave_defaults(default_config())  # as the committed table was measured
   c.experiment = experiment_section(name="embedding_tables")
   c.data.source = "synthetic"
   c.data.max_rows = 200_000

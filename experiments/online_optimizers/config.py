@@ -59,7 +59,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 
-from rectrain.configs import default_config
+from rectrain.configs import default_config, use_first_wave_defaults
 from rectrain.experiment import experiment_section
 from rectrain.models import default_model_config
 
@@ -96,7 +96,7 @@ def get_config(arg=None):
   if arg not in (None, "", "smoke"):
     raise ValueError(f"experiments/online_optimizers: unknown argument {arg!r} "
                      f"(use smoke or none)")
-  c = default_config()
+  c = use_first_wave_defaults(default_config())  # as the committed table was measured
   c.experiment = experiment_section(name="online_optimizers")
   c.data.source = "synthetic"
   c.data.max_rows = 300_000

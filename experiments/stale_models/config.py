@@ -43,7 +43,7 @@ checkpoints afterwards, as the notebook does):
 Smoke (seconds; the notebook's CI run): ``--arg smoke``.
 """
 
-from rectrain.configs import default_config
+from rectrain.configs import default_config, use_first_wave_defaults
 from rectrain.experiment import LR_FTRL, experiment_section, point_name
 
 SEEDS = (0, 1, 2)
@@ -79,7 +79,7 @@ def get_config(arg=None):
   if arg not in (None, "", "smoke"):
     raise ValueError(f"experiments/stale_models: unknown argument {arg!r} (use smoke or none)")
   s = sizes(arg)
-  c = default_config()
+  c = use_first_wave_defaults(default_config())  # as the committed table was measured
   c.experiment = experiment_section(name="stale_models")
   c.data.source = "synthetic"
   c.data.synthetic.rows_per_day = s["rows_per_day"]

@@ -251,3 +251,43 @@ def rebatch(blocks: Iterable[Block], batch_size: int) -> Iterator[Batch]:
     count -= full
   if count:
     yield pad_batch(_concat(pending), batch_size)
+
+
+def warmup_sizes(batch_size: int, first: int) -> list[int]:
+  """Row counts ``first, first, 2 first, ..., batch_size / 2`` summing to ``batch_size``.
+
+  The halving starts from ``batch_size``: 4096 with ``first=64`` gives
+  ``[64, 64, 128, 256, 512, 1024, 2048]``; ``first >= batch_size`` gives
+  ``[batch_size]``.
+  """
+  if first < 1:
+    raise ValueError(f"warmup_sizes: first must be >= 1, got {first}")
+  sizes, rest = [], int(batch_size)
+  while rest > first:
+    sizes.append(rest - rest // 2)
+    rest //= 2
+  sizes.append(rest)
+  return sizes[::-1]
+
+
+def split_first_batch(iterator: Iterable[Batch], batch_size: int, first: int) -> Iterator[Batch]:
+  """Splits the stream's first batch into :func:`warmup_sizes` sub-batches.
+
+  Each sub-batch keeps its rows in stream order and is padded to
+  ``batch_size`` with zero-weight rows (the step's shape does not change), so
+  a model learns after ``first`` rows instead of after a whole batch: with
+  progressive validation only the first ``first`` rows are scored by the
+  untrained model. Sub-batches without a real row are dropped; every later
+  batch passes unchanged.
+  """
+  it = iter(iterator)
+  head = next(it, None)
+  if head is None:
+    return
+  start = 0
+  for size in warmup_sizes(batch_size, first):
+    part = {k: (v[start:start + size] if np.ndim(v) > 0 else v) for k, v in head.items()}
+    start += size
+    if (part["weight"] > 0).any():
+      yield pad_batch(part, batch_size)
+  yield from it

@@ -55,3 +55,30 @@ def get_optimizer(name: str, **kwargs) -> optax.GradientTransformation:
     raise ValueError(f"get_optimizer: unknown optimizer {name!r}; choose one of "
                      f"{sorted(_OWN)} or an optax alias such as 'adamw'")
   return _call(factory, "get_optimizer", name, kwargs)
+
+
+# Keys every optimizer section of a config takes besides the factory's own
+# arguments (rectrain.train.loop.build_optimizers turns them into a schedule).
+SCHEDULE_KEYS = ("warmup_steps",)
+
+
+def optimizer_arguments(name: str, sparse: bool) -> list[str]:
+  """The keyword arguments the (``sparse``: row-wise) optimizer ``name`` accepts.
+
+  Raises:
+    ValueError: ``name`` is not an optimizer (or has no row-wise form).
+  """
+  if sparse:
+    if name not in _OWN:
+      raise ValueError(f"unknown row-wise optimizer {name!r}; choose one of {list(SPARSE_NAMES)}")
+    factory = _OWN[name][1]
+  elif name in _OWN:
+    factory = _OWN[name][0]
+  else:
+    factory = getattr(optax, name, None)
+    if factory is None or not callable(factory) or name.startswith("_"):
+      raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(_OWN)} or an optax "
+                       "alias such as 'adamw'")
+  params = inspect.signature(factory).parameters
+  return sorted(k for k, p in params.items()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))

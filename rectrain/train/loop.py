@@ -15,16 +15,18 @@ import os
 import time
 from typing import Any, Callable, Iterator
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 import rectrain.metrics as metrics_lib  # noqa: E402
 from rectrain.data import idmap as idmap_lib
 from rectrain.data import make_stream
 from rectrain.data.batch import DEVICE_KEYS
-from rectrain.data.pipeline import prefetch, with_unique
+from rectrain.data.pipeline import prefetch, split_first_batch, with_unique
 from rectrain.models import build_model, count_params, init_tables
 from rectrain.optim import get_optimizer, get_sparse_optimizer
 from rectrain.train import checkpoint as ckpt
@@ -49,11 +51,37 @@ class NonFiniteLossError(FloatingPointError):
 def _opt_kwargs(section) -> tuple[str, dict]:
   d = section.to_dict() if isinstance(section, ml_collections.ConfigDict) else dict(section)
   name = d.pop("name")
+  warmup = d.pop("warmup_steps", 0)
+  if warmup and "learning_rate" in d and not callable(d["learning_rate"]):
+    # Linear warm-up from 0 to the learning rate over the first warmup_steps updates.
+    d["learning_rate"] = optax.linear_schedule(0.0, float(d["learning_rate"]), int(warmup))
   return name, d
 
 
+BIAS = "bias"
+
+
+def bias_labels(dense_params):
+  """``"bias"`` for the model's global intercept, ``"dense"`` for the rest.
+
+  The intercept is ``first_order/bias`` (the LR part's ``b`` of LR, FM, W&D,
+  DeepFM) or, in a model without an LR part (DCNv2, DLRM, DNN), the output
+  layer's bias ``out/bias``.
+  """
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(dense_params))
+  has_first_order = any(path[-2:] == ("first_order", "bias") for path in flat)
+  intercept = ("first_order", "bias") if has_first_order else ("out", "bias")
+  return flax.traverse_util.unflatten_dict(
+      {p: BIAS if p[-2:] == intercept else "dense" for p in flat})
+
+
 def build_optimizers(config, table_names):
-  """The dense optax optimizer and one sparse optimizer per table, from config.optim."""
+  """The dense optax optimizer and one sparse optimizer per table, from config.optim.
+
+  With ``optim.bias.name`` set, the model's intercept (:func:`bias_labels`)
+  learns with that optimizer, the other dense parameters with
+  ``optim.dense``; ``name=""`` leaves it to ``optim.dense``.
+  """
   def build(factory, section, key):
     name, kw = _opt_kwargs(section)
     try:
@@ -61,11 +89,18 @@ def build_optimizers(config, table_names):
     except (TypeError, ValueError, KeyError) as e:
       raise ValueError(f"config {key}: {e}") from None
 
+  def table_section(table):
+    key = f"optim.tables.{table}" if table in config.optim.tables else "optim.sparse"
+    return key, config.optim.tables.get(table, config.optim.sparse)
+
   dense_opt = build(get_optimizer, config.optim.dense, "optim.dense")
+  bias = config.optim.get("bias", None)
+  if bias is not None and bias.get("name", ""):
+    bias_opt = build(get_optimizer, bias, "optim.bias")
+    dense_opt = optax.multi_transform({BIAS: bias_opt, "dense": dense_opt}, bias_labels)
   sparse = {}
   for table in table_names:
-    key = f"optim.tables.{table}" if table in config.optim.tables else "optim.sparse"
-    section = config.optim.tables.get(table, config.optim.sparse)
+    key, section = table_section(table)
     sparse[table] = build(get_sparse_optimizer, section, key)
   unknown = set(config.optim.tables.keys()) - set(table_names)
   if unknown:
@@ -147,7 +182,8 @@ class _Progress:
 
 
 def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
-                 stream=None, resume: bool = True, keep_predictions: bool = False) -> dict:
+                 stream=None, resume: bool = True, keep_predictions: bool = False,
+                 on_window: Callable[[dict], None] | None = None) -> dict:
   """Runs one pass over the configured stream with progressive validation.
 
   ``config.serving`` (rectrain/train/serving.py): predictions come from a
@@ -168,6 +204,10 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     resume: continue from the latest checkpoint in ``workdir`` if there is one.
     keep_predictions: also return the predictions of every real row, in
       stream order, under ``"_predictions"`` (for tests and analysis).
+    on_window: called with every closed metrics window (the dict written to
+      metrics.jsonl, e.g. ``{"window": "rows", "end_row": ..., "ne": ...}``)
+      as soon as it closes; an exception it raises ends the run (the tuner
+      prunes trials this way).
 
   ``config.idmap.enabled``: the stream yields raw ids and the collision-free
   map (rectrain/data/idmap.py) assigns table rows in the input pipeline
@@ -281,7 +321,10 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   slice_fields = [s for s in config.metrics.slice_fields.split(",") if s]
   slice_cols = [stream.layout.names.index(s) for s in slice_fields]
 
-  source = _skip(iter(stream), batches_done)
+  source = iter(stream)
+  if config.train.get("warmup_batch", 0):  # the first batch in small, padded sub-batches
+    source = split_first_batch(source, config.data.batch_size, config.train.warmup_batch)
+  source = _skip(source, batches_done)
   if im is None:
     source = with_unique(source, table_rows)  # padding id: table_rows (= num_rows on one device)
     groups = _grouped(source, k)
@@ -326,6 +369,8 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       if metrics_file:
         metrics_file.write(json.dumps(_jsonable(w)) + "\n")
         metrics_lines += 1
+      if on_window is not None:
+        on_window(w)
     if im_windows is not None:
       rows_B = (weights.reshape(n, -1) > 0).sum(axis=1)
       for rec in im_windows.update(host["idmap_counters"], rows_B, rows_done):
@@ -387,6 +432,8 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   for w in window.finalize_windows():
     if metrics_file:
       metrics_file.write(json.dumps(_jsonable(w)) + "\n")
+    if on_window is not None:
+      on_window(w)
   for rec in (im_windows.final_records(rows_done) if im_windows is not None else []):
     if metrics_file:
       metrics_file.write(json.dumps(_jsonable(rec)) + "\n")
