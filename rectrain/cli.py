@@ -3,6 +3,7 @@
   rectrain run [CONFIG] [--arg ARG] [--set key=value ...] [--workdir DIR]
   rectrain data stats FILE [--max-rows N]
   rectrain synth --rows N --seed S --out FILE
+  rectrain tune [CONFIG] [--arg ARG] [--set key=value ...] --param KEY=SPEC ... --dir DIR
 """
 
 from __future__ import annotations
@@ -118,6 +119,16 @@ def _cmd_synth(args) -> int:
   return 0
 
 
+def _cmd_tune(args) -> int:
+  from rectrain.tune import tune
+
+  tune(args.param or [], args.dir, config_path=args.config, config_arg=args.arg,
+       overrides=args.set or [], trials=args.trials, sampler=args.sampler,
+       objective=args.objective, holdout_rows=args.holdout_rows, prune=not args.no_prune,
+       jobs=args.jobs, seed=args.seed)
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="rectrain", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,6 +154,27 @@ def build_parser() -> argparse.ArgumentParser:
   synth.add_argument("--seed", type=int, default=0)
   synth.add_argument("--out", required=True)
   synth.set_defaults(func=_cmd_synth)
+
+  tune = sub.add_parser("tune", help="search config values with Optuna (resumable)",
+                        description=("Each trial is one streaming run; the study lives in "
+                                     "DIR/study.db, so the same command resumes. SPEC: "
+                                     "loguniform:LO:HI | uniform:LO:HI | int:LO:HI[:log] | "
+                                     "choice:A,B | grid:A,B"))
+  tune.add_argument("config", nargs="?", default=None, help="config .py file or experiment dir")
+  tune.add_argument("--arg", default=None, help="argument for get_config(arg)")
+  tune.add_argument("--set", action="append", metavar="KEY=VALUE", help="fixed override")
+  tune.add_argument("--param", action="append", metavar="KEY=SPEC", required=True,
+                    help="a searched key, e.g. optim.sparse.learning_rate=loguniform:1e-3:1")
+  tune.add_argument("--dir", required=True, help="tuning directory (study.db, best_config.py)")
+  tune.add_argument("--trials", type=int, default=20, help="finished trials to reach")
+  tune.add_argument("--sampler", default="tpe", help="tpe | random | grid")
+  tune.add_argument("--objective", default="ne", help="ne | logloss (minimised)")
+  tune.add_argument("--holdout-rows", type=int, default=0,
+                    help="objective on this many synthetic rows after the prefix (frozen model)")
+  tune.add_argument("--no-prune", action="store_true", help="never stop a trial early")
+  tune.add_argument("--jobs", type=int, default=1, help="worker processes")
+  tune.add_argument("--seed", type=int, default=0, help="sampler seed")
+  tune.set_defaults(func=_cmd_tune)
 
   from rectrain.experiment import add_experiment_commands
   add_experiment_commands(sub)
