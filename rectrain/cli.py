@@ -124,7 +124,7 @@ def _cmd_tune(args) -> int:
 
   tune(args.param or [], args.dir, config_path=args.config, config_arg=args.arg,
        overrides=args.set or [], trials=args.trials, sampler=args.sampler,
-       objective=args.objective, holdout_rows=args.holdout_rows, prune=not args.no_prune,
+       objective=args.objective, holdout_rows=args.holdout_rows, prune=args.prune,
        jobs=args.jobs, seed=args.seed)
   return 0
 
@@ -166,12 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
   tune.add_argument("--param", action="append", metavar="KEY=SPEC", required=True,
                     help="a searched key, e.g. optim.sparse.learning_rate=loguniform:1e-3:1")
   tune.add_argument("--dir", required=True, help="tuning directory (study.db, best_config.py)")
-  tune.add_argument("--trials", type=int, default=20, help="finished trials to reach")
+  tune.add_argument("--trials", type=int, default=20,
+                    help="finished trials to reach (at most the grid size for --sampler grid)")
   tune.add_argument("--sampler", default="tpe", help="tpe | random | grid")
   tune.add_argument("--objective", default="ne", help="ne | logloss (minimised)")
   tune.add_argument("--holdout-rows", type=int, default=0,
                     help="objective on this many synthetic rows after the prefix (frozen model)")
-  tune.add_argument("--no-prune", action="store_true", help="never stop a trial early")
+  tune.add_argument("--prune", action=argparse.BooleanOptionalAction, default=True,
+                    help="stop trials worse than the median at a count window (default on)")
   tune.add_argument("--jobs", type=int, default=1, help="worker processes")
   tune.add_argument("--seed", type=int, default=0, help="sampler seed")
   tune.set_defaults(func=_cmd_tune)

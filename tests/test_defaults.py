@@ -47,7 +47,7 @@ def test_every_model_beats_the_base_rate_from_the_second_window_on(name):
   assert all(0.8 < w["pcoc"] < 1.25 for w in windows[1:]), [w["pcoc"] for w in windows]
 
 
-@pytest.mark.parametrize("name", ["deepfm", "fm", "dcnv2", "lr"])
+@pytest.mark.parametrize("name", ["deepfm", "fm", "dcnv2", "dlrm", "dnn", "wide_deep", "lr"])
 def test_real_criteo_sample_at_batch_4096_is_not_over_predicted(name):
   # 4,222 real rows: without the warm-up split and the intercept optimizer the
   # first update made DeepFM predict 3x the base rate (run PCOC 3.01).
@@ -105,22 +105,24 @@ def test_intercept_follows_optim_bias():
   # One batch of all-negative labels: the intercept moves by optim.bias's step,
   # the MLP kernels by optim.dense's.
   config = _config("data.cat_buckets=64", "model.embed_dim=4", "model.mlp_dims=(8,)",
-                   "optim.bias.name=sgd", "optim.bias.learning_rate=0.5")
+                   "optim.bias.name=sgd", "optim.bias.learning_rate=0.5",
+                   "optim.dense.warmup_steps=0")
   dense_opt, _ = build_optimizers(config, ["linear", "embedding"])
   model, state = create_model_and_state(config, 26 * 64, 26, 13)[:2]
   grads = jax.tree.map(jnp.ones_like, state.dense_params)
   updates, _ = dense_opt.update(grads, dense_opt.init(state.dense_params), state.dense_params)
   assert float(updates["params"]["first_order"]["bias"]) == pytest.approx(-0.5)
   kernel = np.asarray(updates["params"]["deep_out"]["kernel"])
-  np.testing.assert_allclose(kernel, -1e-3, rtol=1e-4)  # adam's first step is -lr * sign(g)
-  off, _ = build_optimizers(_config("optim.bias.name="), ["linear", "embedding"])
+  lr = config.optim.dense.learning_rate
+  np.testing.assert_allclose(kernel, -lr, rtol=1e-4)  # adam's first step is -lr * sign(g)
+  off, _ = build_optimizers(_config("optim.bias.name=", "optim.dense.warmup_steps=0"), ["linear", "embedding"])
   updates, _ = off.update(grads, off.init(state.dense_params), state.dense_params)
-  assert float(updates["params"]["first_order"]["bias"]) == pytest.approx(-1e-3, rel=1e-4)
+  assert float(updates["params"]["first_order"]["bias"]) == pytest.approx(-lr, rel=1e-4)
 
 
 def test_set_reaches_the_optimizer():
-  config = _config("optim.sparse.name=ftrl", "optim.sparse.beta=1.0", "optim.sparse.l1=0.5",
-                   "optim.sparse.learning_rate=0.1")
+  config = _config("model.name=lr", "optim.sparse.name=ftrl", "optim.sparse.beta=1.0",
+                   "optim.sparse.l1=0.5", "optim.sparse.learning_rate=0.1")
   assert config.optim.sparse.to_dict() == {"name": "ftrl", "learning_rate": 0.1, "beta": 1.0,
                                            "l1": 0.5}
   _, sparse = build_optimizers(config, ["linear"])
@@ -139,7 +141,7 @@ def test_set_reaches_the_optimizer():
 
 def test_set_of_initial_accumulator_and_warmup():
   config = _config("optim.sparse.initial_accumulator_value=0.25", "optim.dense.warmup_steps=10")
-  _, sparse = build_optimizers(config, ["embedding"])
+  _, sparse = build_optimizers(config, ["linear", "embedding"])
   acc = sparse["embedding"].init(jnp.zeros((4, 3))).accumulator
   np.testing.assert_array_equal(np.asarray(acc), 0.25)
   dense_opt, _ = build_optimizers(config, ["linear", "embedding"])
