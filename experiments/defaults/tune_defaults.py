@@ -27,9 +27,10 @@ from rectrain.configs import apply_overrides  # noqa: E402
 from rectrain.tune import _override, parse_param, tune  # noqa: E402
 
 
-def _current(model):
-  """The searched keys' values in the config the tuning starts from (trial 0)."""
-  c = exp.get_config(f"{model},untuned")
+def _current(model, arg="untuned"):
+  """The searched keys' values in the config of ``MODEL,arg`` ("untuned": the
+  tuning's starting point; "": the committed defaults)."""
+  c = exp.get_config(f"{model},{arg}" if arg else model)
   out = {}
   for key, spec in exp.search_space(model).items():
     if key.startswith("optim.tables.") and key.split(".")[2] not in c.optim.tables:
@@ -66,9 +67,11 @@ def run_tune(models, out):
       best = json.load(f)
   for m in models:
     t0 = time.perf_counter()
+    low_acc0 = {**_current(m, ""), "optim.sparse.initial_accumulator_value": 1e-6}
     result = tune(exp.search_space(m), os.path.join(out, f"tune_{m}"), config_path=HERE,
                   config_arg=f"{m},untuned", trials=exp.TRIALS, sampler="tpe", objective="ne",
-                  enqueue=[_current(m)], log=None)
+                  holdout_rows=exp.HOLDOUT_ROWS, prune=False,
+                  enqueue=[_current(m), _current(m, ""), low_acc0], log=None)
     best[m] = {"params": result["best"]["params"], "value": result["best"]["value"],
                "finished": result["finished"], **_trial_stats(os.path.join(out, f"tune_{m}"))}
     print(f"{m}: NE {result['best']['value']:.5f} {result['best']['params']} "
