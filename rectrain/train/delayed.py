@@ -658,7 +658,9 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
   from rectrain.data.delay_join import LabelJoiner
   from rectrain.train.loop import create_model_and_state
   from rectrain.train.step import make_multi_step, make_train_step
+  from rectrain.train.features import refuse_ignored
   validate(config)
+  refuse_ignored(config, "delayed")
   dc = resolve_delayed_config(config)
   if config.data.source != "synthetic":
     raise ValueError(f"config data.source={config.data.source!r}: the delayed-feedback runner "

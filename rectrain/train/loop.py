@@ -30,6 +30,7 @@ from rectrain.data.pipeline import prefetch, split_first_batch, with_unique
 from rectrain.models import build_model, count_params, init_tables
 from rectrain.optim import get_optimizer, get_sparse_optimizer
 from rectrain.train import checkpoint as ckpt
+from rectrain.train.features import refuse_ignored
 from rectrain.train.async_sim import AsyncState, make_async_train_step_from_config
 from rectrain.train import distributed as dist
 from rectrain.train import serving as serving_lib
@@ -234,6 +235,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   """
   from rectrain.configs import validate
   validate(config)
+  refuse_ignored(config, "stream")
   t_start = time.perf_counter()
   mesh = _run_mesh(config)  # None: one device, the unsharded step
   is_main = jax.process_index() == 0
@@ -547,8 +549,6 @@ def _run_mesh(config):
     refused.append("idmap.enabled=True")
   if not config.train.get("learn", True):
     refused.append("train.learn=False")
-  if config.get("offline", None) is not None and config.offline.epochs:
-    refused.append(f"offline.epochs={config.offline.epochs}")
   if config.train.warm_start.path:
     refused.append("train.warm_start.path")
   if refused:
@@ -933,10 +933,8 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
   from rectrain.configs import validate
   from rectrain.train.step import make_predict
   validate(config)
+  refuse_ignored(config, "offline")
   off = config.offline
-  if _idmap_enabled(config):
-    raise ValueError("config idmap.enabled=True: the offline protocol does not use the id map "
-                     "yet (streaming runs only); set idmap.enabled=False")
   if off.epochs < 1:
     raise ValueError(f"config offline.epochs={off.epochs}: must be >= 1")
   if not config.data.max_rows:
