@@ -5,6 +5,14 @@ Layout: ``DIR/checkpoints/<batches>/state`` (orbax, the whole TrainState) and
 ``meta.json`` is written last, so a checkpoint without it (a run killed while
 saving) is ignored by :func:`latest_checkpoint`. Extra files (e.g. the id map's
 ``idmap.npz``) are written before it, so a complete checkpoint has them.
+
+Integrity: ``meta.json`` holds a manifest (size and CRC-32 of every other
+file of the checkpoint, the orbax state and the extra files) and is written
+atomically (a temporary file, fsync, rename). :func:`latest_checkpoint`
+verifies it: a damaged newest checkpoint (a file changed, truncated or gone)
+is named in one warning line and the newest intact one is used; complete
+checkpoints of which none is intact are a one-line error. A checkpoint
+without a manifest (written before format 2) is taken as it is.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import zlib
 from typing import Any, Callable, Mapping
 
 import jax
@@ -45,13 +54,75 @@ def save_checkpoint(workdir: str, batches: int, state, meta: dict, keep: int = 2
       raise ValueError(f"save_checkpoint: extra file name {name!r} must be a plain file name "
                        "other than 'state' and 'meta.json'")
     write(os.path.join(path, name))
-  tmp = os.path.join(path, "meta.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(meta, f)
-  os.replace(tmp, os.path.join(path, "meta.json"))
+  write_meta(path, meta)
   for old in _complete(workdir)[:-keep] if keep > 0 else []:
     shutil.rmtree(old, ignore_errors=True)
   return path
+
+
+FORMAT = 2  # 2: meta.json carries the manifest
+MANIFEST = "manifest"
+_CHUNK = 1 << 22
+
+
+def _crc32(path: str) -> int:
+  crc = 0
+  with open(path, "rb") as f:
+    while True:
+      block = f.read(_CHUNK)
+      if not block:
+        return crc
+      crc = zlib.crc32(block, crc)
+
+
+def _files(path: str) -> list[str]:
+  """Every file of checkpoint ``path`` except meta.json, relative, sorted."""
+  out = []
+  for root, _, names in os.walk(path):
+    for n in names:
+      rel = os.path.relpath(os.path.join(root, n), path)
+      if rel not in ("meta.json", "meta.json.tmp"):
+        out.append(rel)
+  return sorted(out)
+
+
+def manifest(path: str) -> dict:
+  """``{relative file: [size, crc32]}`` of every file of checkpoint ``path`` but meta.json."""
+  return {rel: [os.path.getsize(os.path.join(path, rel)), _crc32(os.path.join(path, rel))]
+          for rel in _files(path)}
+
+
+def write_meta(path: str, meta: dict) -> None:
+  """Writes ``path/meta.json`` (``meta``, the format and the manifest of the files
+  already there) atomically; the last file of a checkpoint."""
+  record = dict(meta, checkpoint_format=FORMAT, **{MANIFEST: manifest(path)})
+  tmp = os.path.join(path, "meta.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(record, f)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, os.path.join(path, "meta.json"))
+
+
+def verify_checkpoint(path: str) -> str | None:
+  """None if checkpoint ``path`` is intact, else what is wrong with it (one phrase)."""
+  try:
+    with open(os.path.join(path, "meta.json")) as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    return f"meta.json unreadable ({type(e).__name__}: {e})"
+  listed = meta.get(MANIFEST)
+  if listed is None:
+    return None  # format 1: no manifest to check
+  for rel, (size, crc) in sorted(listed.items()):
+    full = os.path.join(path, rel)
+    if not os.path.isfile(full):
+      return f"{rel} is missing"
+    if os.path.getsize(full) != size:
+      return f"{rel} has {os.path.getsize(full)} bytes, the manifest says {size}"
+    if _crc32(full) != crc:
+      return f"{rel} does not match its checksum"
+  return None
 
 
 def _complete(workdir: str) -> list[str]:
@@ -64,9 +135,23 @@ def _complete(workdir: str) -> list[str]:
 
 
 def latest_checkpoint(workdir: str) -> str | None:
-  """The newest complete checkpoint under ``workdir``, or None."""
+  """The newest complete and intact checkpoint under ``workdir``, or None if none is complete.
+
+  A damaged newer checkpoint is skipped with one warning line naming it and
+  its fault; complete checkpoints of which none is intact raise ValueError.
+  """
   done = _complete(workdir)
-  return done[-1] if done else None
+  damaged = []
+  for path in reversed(done):
+    fault = verify_checkpoint(path)
+    if fault is None:
+      return path
+    log.warning("checkpoint %s is damaged (%s); trying the one before it", path, fault)
+    damaged.append(f"{os.path.basename(path)}: {fault}")
+  if damaged:
+    raise ValueError(f"{_dir(workdir)}: every checkpoint is damaged ({'; '.join(damaged)}); "
+                     "remove the directory to start the run over, or use another workdir")
+  return None
 
 
 def restore_checkpoint(path: str, like_state) -> tuple[Any, dict]:
@@ -77,6 +162,8 @@ def restore_checkpoint(path: str, like_state) -> tuple[Any, dict]:
   state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"), abstract)
   with open(os.path.join(path, "meta.json")) as f:
     meta = json.load(f)
+  meta.pop(MANIFEST, None)  # the caller gets back the meta it saved
+  meta.pop("checkpoint_format", None)
   return state, meta
 
 

@@ -294,8 +294,8 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
   resumed_from = None
-  if workdir and resume and ckpt.latest_checkpoint(workdir):
-    path = ckpt.latest_checkpoint(workdir)
+  path = ckpt.latest_checkpoint(workdir) if workdir and resume else None
+  if path:
     if ("serving" in _meta_of(path)) != (schedules is not None):
       raise ValueError(f"{path}: checkpoint written with serving "
                        f"{'on' if schedules is None else 'off'} but config.serving has it "
@@ -672,10 +672,7 @@ def _save_checkpoint(workdir: str, batches: int, state, meta: dict, keep: int,
   checkpointer.wait_until_finished()
   multihost_utils.sync_global_devices(f"rectrain checkpoint {batches} state")
   if main:
-    tmp = os.path.join(path, "meta.json.tmp")
-    with open(tmp, "w") as f:
-      json.dump(meta, f)
-    os.replace(tmp, os.path.join(path, "meta.json"))
+    ckpt.write_meta(path, meta)
     for old in ckpt._complete(workdir)[:-keep] if keep > 0 else []:
       shutil.rmtree(old, ignore_errors=True)
   multihost_utils.sync_global_devices(f"rectrain checkpoint {batches} meta")

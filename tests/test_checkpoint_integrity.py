@@ -1,0 +1,93 @@
+"""Checkpoint integrity: a manifest in meta.json, verified on resume; a damaged
+newest checkpoint falls back to the newest intact one."""
+
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from rectrain import configs
+from rectrain.train import checkpoint as ckpt
+from rectrain.train.loop import train_stream
+
+SMALL = [
+    "data.max_rows=8192", "data.batch_size=512", "data.cat_buckets=1024", "model.embed_dim=8",
+    "model.mlp_dims=(16,)", "train.steps_per_dispatch=4", "train.progress=False",
+    "metrics.window_rows=2048", "train.checkpoint_every=8", "train.keep_checkpoints=2",
+]
+
+
+def _config():
+  return configs.apply_overrides(configs.default_config(), SMALL)
+
+
+def _largest_state_file(path):
+  files = [os.path.join(r, n) for r, _, ns in os.walk(os.path.join(path, "state")) for n in ns]
+  return max(files, key=os.path.getsize)
+
+
+def _damage(path):
+  """Overwrites 64 bytes in the middle of the checkpoint's largest array file."""
+  target = _largest_state_file(path)
+  size = os.path.getsize(target)
+  with open(target, "r+b") as f:
+    f.seek(size // 2)
+    f.write(b"\xff" * 64)
+  return target
+
+
+def _leaves(state):
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves((state.tables, state.dense_params))]
+
+
+def test_damaged_newest_checkpoint_resumes_from_the_intact_one(tmp_path, caplog):
+  reference = train_stream(_config(), workdir=str(tmp_path / "ref"))
+  work = tmp_path / "run"
+  train_stream(_config(), workdir=str(work))
+  done = ckpt._complete(str(work))
+  assert len(done) == 2
+  assert all(ckpt.verify_checkpoint(p) is None for p in done)
+  _damage(done[-1])
+  assert "does not match its checksum" in ckpt.verify_checkpoint(done[-1])
+  with caplog.at_level(logging.WARNING, logger="rectrain.train.checkpoint"):
+    resumed = train_stream(_config(), workdir=str(work))
+  assert resumed["resumed_from"] == done[-2]
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert any(done[-1] in w and "damaged" in w for w in warnings), warnings
+  for x, y in zip(_leaves(resumed["_state"]), _leaves(reference["_state"])):
+    np.testing.assert_array_equal(x, y)
+  for key in ("rows", "batches", "auc", "logloss", "ne", "pcoc"):
+    assert resumed[key] == reference[key], key
+  assert ((work / "metrics.jsonl").read_text().splitlines()
+          == (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines())
+  assert ckpt.verify_checkpoint(ckpt.latest_checkpoint(str(work))) is None
+
+
+def test_every_checkpoint_damaged_is_one_error(tmp_path):
+  train_stream(_config(), workdir=str(tmp_path))
+  done = ckpt._complete(str(tmp_path))
+  os.truncate(_largest_state_file(done[-1]), 10)
+  os.remove(_largest_state_file(done[-2]))
+  assert "bytes, the manifest says" in ckpt.verify_checkpoint(done[-1])
+  assert "is missing" in ckpt.verify_checkpoint(done[-2])
+  with pytest.raises(ValueError, match="every checkpoint is damaged") as e:
+    train_stream(_config(), workdir=str(tmp_path))
+  assert "\n" not in str(e.value) and os.path.basename(done[-1]) in str(e.value)
+
+
+def test_meta_without_manifest_is_taken_as_it_is(tmp_path):
+  train_stream(_config(), workdir=str(tmp_path))
+  path = ckpt._complete(str(tmp_path))[-1]
+  with open(os.path.join(path, "meta.json")) as f:
+    meta = json.load(f)
+  assert meta["checkpoint_format"] == ckpt.FORMAT and meta["manifest"]
+  del meta["manifest"]
+  with open(os.path.join(path, "meta.json"), "w") as f:
+    json.dump(meta, f)
+  assert ckpt.verify_checkpoint(path) is None
+  with open(os.path.join(path, "meta.json"), "w") as f:
+    f.write("{not json")
+  assert "meta.json unreadable" in ckpt.verify_checkpoint(path)
