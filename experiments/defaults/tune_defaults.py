@@ -69,7 +69,7 @@ def run_tune(models, out):
     t0 = time.perf_counter()
     low_acc0 = {**_current(m, ""), "optim.sparse.initial_accumulator_value": 1e-6}
     result = tune(exp.search_space(m), os.path.join(out, f"tune_{m}"), config_path=HERE,
-                  config_arg=f"{m},untuned", trials=exp.TRIALS, sampler="tpe", objective="ne",
+                  config_arg=f"{m},untuned", trials=exp.trials(m), sampler="tpe", objective="ne",
                   holdout_rows=exp.HOLDOUT_ROWS, prune=False,
                   enqueue=[_current(m), _current(m, ""), low_acc0], log=None)
     best[m] = {"params": result["best"]["params"], "value": result["best"]["value"],
