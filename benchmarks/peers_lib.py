@@ -334,9 +334,9 @@ def vw_command(venv: str, train_vw: str, test_vw: str, bits: int, out_dir: str) 
           "--bits", str(bits), "--out", out_dir]
 
 
-def deepctr_command(venv: str, data: dict, out_dir: str) -> list:
+def deepctr_command(venv: str, data: dict, out_dir: str, lr: float | None = None) -> list:
   return [venv_python(venv), THIS, "deepctr", "--train", data["train"], "--test", data["test"],
-          "--out", out_dir]
+          "--out", out_dir] + ([] if lr is None else ["--lr", repr(float(lr))])
 
 
 # ---------------------------------------------------------------------------
@@ -509,7 +509,8 @@ def run_deepctr(args) -> None:
   x_test = {n: test[n].to_numpy() for n in names}
   y_train = train["label"].to_numpy()
   model = DeepFM(columns, columns, task="binary", device="cpu")
-  model.compile(torch.optim.Adam(model.parameters(), lr=DEEPCTR["lr"]), "binary_crossentropy")
+  lr = float(getattr(args, "lr", None) or DEEPCTR["lr"])
+  model.compile(torch.optim.Adam(model.parameters(), lr=lr), "binary_crossentropy")
   preprocess_sec = time.perf_counter() - t_pre
   t = time.perf_counter()
   model.fit(x_train, y_train, batch_size=DEEPCTR["batch_size"], epochs=DEEPCTR["epochs"],
@@ -521,7 +522,7 @@ def run_deepctr(args) -> None:
   rows = len(y_train)
   _write_result(args.out, preds, {
       "settings": (f"DeepFM defaults (DNN 256-128), dim {DEEPCTR['embedding_dim']}, Adam "
-                   f"{DEEPCTR['lr']}, batch {DEEPCTR['batch_size']}, 1 epoch, shuffle=False, "
+                   f"{lr:g}, batch {DEEPCTR['batch_size']}, 1 epoch, shuffle=False, "
                    "log1p ints, train-split vocabularies"),
       "train_rows": rows, "preprocess_sec": preprocess_sec, "train_sec": train_sec,
       "train_rows_per_sec": rows / train_sec, "predict_sec": predict_sec,
@@ -690,6 +691,9 @@ def add_common_args(parser: argparse.ArgumentParser, default_bits: str) -> None:
   parser.add_argument("--vw-bits", default=default_bits,
                       help="comma-separated VW -b values, one VW run each (the first one is the ratios')")
   parser.add_argument("--timeout", type=float, default=3600, help="seconds per system")
+  parser.add_argument("--deepctr-lr", default="",
+                      help=f"comma-separated Adam rates of DeepCTR-Torch, one run each "
+                           f"(default {DEEPCTR['lr']}, tuned on world 100: benchmarks/README.md)")
 
 
 def run_comparison(args, rectrain_models: list, name: str) -> dict:
@@ -738,11 +742,14 @@ def run_comparison(args, rectrain_models: list, name: str) -> dict:
     rec.update(kind="rectrain", model=m)
     systems.append(rec)
   if not args.skip_peers:
-    d = os.path.join(out, "deepctr_deepfm")
-    rec = run_system("DeepCTR-Torch DeepFM", deepctr_command(args.venv, data, d), d, labels,
-                     train_rows, args.timeout)
-    rec.update(kind="deepctr", model="deepfm")
-    systems.append(rec)
+    rates = [float(x) for x in str(getattr(args, "deepctr_lr", "") or "").split(",") if x]
+    for lr in rates or [None]:  # None: DEEPCTR["lr"]
+      tag = "" if lr is None or len(rates) < 2 else f" Adam {lr:g}"
+      d = os.path.join(out, "deepctr_deepfm" + (f"_lr{lr:g}" if tag else ""))
+      rec = run_system("DeepCTR-Torch DeepFM" + tag, deepctr_command(args.venv, data, d, lr), d,
+                       labels, train_rows, args.timeout)
+      rec.update(kind="deepctr", model="deepfm", lr=lr or DEEPCTR["lr"])
+      systems.append(rec)
   record["systems"] = systems
   record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
   record["machine"]["load_avg_end"] = os.getloadavg()
@@ -826,6 +833,7 @@ def main(argv=None) -> None:
   v = sub.add_parser("vw")
   v.add_argument("--bits", type=int, required=True)
   d = sub.add_parser("deepctr")
+  d.add_argument("--lr", type=float, default=None, help=f"Adam rate (default {DEEPCTR['lr']})")
   for p in (r, v, d):
     p.add_argument("--train", required=True)
     p.add_argument("--test", required=True)
