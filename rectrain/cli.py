@@ -4,6 +4,8 @@
   rectrain data stats FILE [--max-rows N]
   rectrain synth --rows N --seed S --out FILE
   rectrain tune [CONFIG] [--arg ARG] [--set key=value ...] --param KEY=SPEC ... --dir DIR
+
+Errors end in one line and a non-zero exit; --debug (anywhere) shows the traceback.
 """
 
 from __future__ import annotations
@@ -183,7 +185,24 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _one_line(e: BaseException) -> str:
+  msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+  lines = str(msg).strip().splitlines()
+  return lines[0] if lines else type(e).__name__
+
+
+# Errors of the user's world (input, config, files, the run directory): exit 2.
+_USER_ERRORS = (ValueError, KeyError, OSError, FloatingPointError)
+
+
 def main(argv=None) -> int:
+  """The command line. Every error ends in one line on stderr and a non-zero
+  exit (2: input, config or file error; 1: anything else; 130: interrupted);
+  ``--debug`` anywhere on the line (or ``RECTRAIN_DEBUG=1``) re-raises it
+  with its traceback."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  debug = "--debug" in argv or os.environ.get("RECTRAIN_DEBUG", "") not in ("", "0")
+  argv = [a for a in argv if a != "--debug"]
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   args = build_parser().parse_args(argv)
   try:
@@ -191,10 +210,22 @@ def main(argv=None) -> int:
   except BrokenPipeError:  # output piped into e.g. `head`
     sys.stderr.close()
     return 0
-  except (ValueError, KeyError, FileNotFoundError) as e:
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"rectrain: error: {msg}", file=sys.stderr)
+  except KeyboardInterrupt:
+    if debug:
+      raise
+    print("rectrain: interrupted", file=sys.stderr)
+    return 130
+  except _USER_ERRORS as e:
+    if debug:
+      raise
+    print(f"rectrain: error: {_one_line(e)}", file=sys.stderr)
     return 2
+  except Exception as e:  # noqa: BLE001 - a bug or an unforeseen fault: still one line
+    if debug:
+      raise
+    print(f"rectrain: internal error: {type(e).__name__}: {_one_line(e)} "
+          "(run again with --debug for the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from rectrain.data import hashing
+from rectrain.errors import InputError
 from rectrain.data.batch import Batch
 from rectrain.data.hashing import CAT_NAMES, INT_NAMES, NUM_CAT_FIELDS, NUM_INT_FIELDS
 from rectrain.data.pipeline import map_ordered, rebatch, shuffle_rows
@@ -464,6 +465,11 @@ def read_chunk(chunk):
   return columns, line_of, invalid_rows
 
 
+# A source whose first unit has at least this many lines and not one valid line is
+# taken to be of another format (an error, not thousands of skipped lines).
+_FOREIGN_LINES = 20
+
+
 class BlockStream:
   """Common machinery of the Criteo-schema streams: bad lines, report, batching.
 
@@ -535,7 +541,7 @@ class BlockStream:
   def _bad(self, errors: list[BadLine]):
     errors.sort(key=lambda e: e.line)
     if self.bad_lines == "error":
-      raise ValueError(f"bad line: {errors[0]}")
+      raise InputError(f"bad line: {errors[0]}")
     for e in errors:
       self._skipped[e.reason] += 1
       if len(self._first_errors) < self.max_reported:
@@ -574,7 +580,8 @@ class BlockStream:
       return
     source, lines_before = None, 0
     for item, parsed in self._parsed():
-      if item.source != source:
+      first_unit = item.source != source
+      if first_unit:
         source, lines_before = item.source, item.skip_lines
       raw, block, columns = parsed.raw, parsed.block, parsed.columns
       n = raw.num_lines
@@ -583,6 +590,15 @@ class BlockStream:
       errors = [BadLine(source, base + line, "wrong_field_count",
                         f"expected {NUM_COLUMNS} tab-separated fields, got {k}")
                 for line, k in parsed.invalid]
+      if (first_unit and parsed.num_lines >= _FOREIGN_LINES
+          and np.count_nonzero(raw.reason_N == 0) == 0):
+        first = errors[0] if errors and errors[0].line == base + 1 else None
+        if first is None and n:
+          reason, detail = describe_bad(raw, columns, 0)
+          first = BadLine(source, base + int(parsed.line_of(np.array([0]))[0]), reason, detail)
+        raise InputError(f"{source}: not in the Criteo layout (label, I1..I13, C1..C26 "
+                         f"tab-separated): none of the first {parsed.num_lines:,} lines is "
+                         f"valid; {first}")
       if remaining is not None and n - np.count_nonzero(raw.reason_N) > remaining:
         # Keep lines up to the remaining-th good one; later lines stay unread.
         n = int(np.flatnonzero(raw.reason_N == 0)[remaining - 1]) + 1
@@ -619,30 +635,71 @@ class BlockStream:
       yield batch
 
 
+# Magic bytes of formats that are not Criteo text (plain or gzip).
+_FOREIGN_MAGIC = ((b"PAR1", "parquet"), (b"PK\x03\x04", "zip"), (b"BZh", "bzip2"),
+                  (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"),
+                  (b"ARROW1", "Arrow IPC"), (b"\x93NUMPY", "numpy .npy"))
+
+
 def _open(path: str):
-  """A pyarrow input stream; gzip by magic bytes or ``.gz`` suffix."""
+  """(pyarrow input stream, gzip?, file size); gzip by magic bytes or ``.gz`` suffix.
+
+  Raises :class:`InputError` naming the file if it is missing, unreadable,
+  or of another (binary) format.
+  """
   if not os.path.exists(path):
     raise FileNotFoundError(f"Criteo file not found: {path}")
-  with open(path, "rb") as f:
-    magic = f.read(2)
-  gz = magic == b"\x1f\x8b" or str(path).endswith(".gz")
-  return pa.input_stream(path, compression="gzip" if gz else None, buffer_size=1 << 20)
+  try:
+    with open(path, "rb") as f:
+      magic = f.read(8)
+      size = os.fstat(f.fileno()).st_size
+  except OSError as e:
+    raise InputError(f"{path}: cannot read: {e.strerror or e}") from e
+  for prefix, kind in _FOREIGN_MAGIC:
+    if magic.startswith(prefix):
+      raise InputError(f"{path}: a {kind} file, not Criteo text (tab-separated, plain or gzip)")
+  gz = magic[:2] == b"\x1f\x8b" or str(path).endswith(".gz")
+  try:
+    stream = pa.input_stream(path, compression="gzip" if gz else None, buffer_size=1 << 20)
+  except (OSError, pa.ArrowException) as e:
+    raise InputError(f"{path}: cannot open: {e}") from e
+  return stream, gz, size
 
 
 def split_lines(path: str, chunk_bytes: int = 1 << 21) -> Iterator[RawItem]:
   """Cuts a (plain or gzip) file into chunks of whole lines.
 
   Each :class:`RawItem` holds about ``chunk_bytes`` bytes ending at a newline
-  (the last may lack one); no per-line Python work.
+  (the last may lack one); no per-line Python work. A read fault (truncated
+  or corrupt compressed data, an I/O error, a plain file that shrinks while
+  read, NUL bytes of a binary file) raises :class:`InputError` naming the
+  file, the last whole line before the fault and the byte offset; every
+  chunk before it has been yielded.
   """
   if chunk_bytes < 1:
     raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
   tail = b""
-  with _open(path) as stream:
+  offset = 0  # bytes (decompressed for gzip) read so far
+  lines = 0  # whole lines yielded so far
+  stream, gz, size = _open(path)
+  where = "decompressed byte" if gz else "byte"
+
+  def fault(what: str, err=None) -> InputError:
+    detail = f": {err}" if err is not None else ""
+    return InputError(f"{path}: {what} after line {lines:,} ({where} {offset:,}){detail}")
+
+  with stream:
     while True:
-      data = stream.read(chunk_bytes)
+      try:
+        data = stream.read(chunk_bytes)
+      except (OSError, pa.ArrowException) as e:
+        kind = "corrupt or truncated gzip data" if gz else "read error"
+        raise fault(kind, e) from e
       if not data:
         break
+      if offset == 0 and b"\x00" in data[:4096]:
+        raise InputError(f"{path}: binary data (NUL bytes) at the start, not Criteo text")
+      offset += len(data)
       buf = tail + data if tail else data
       cut = buf.rfind(b"\n") + 1
       if cut == 0:
@@ -651,6 +708,9 @@ def split_lines(path: str, chunk_bytes: int = 1 << 21) -> Iterator[RawItem]:
       chunk = memoryview(buf)[:cut]
       tail = buf[cut:]
       yield RawItem(path, chunk=chunk)
+      lines += buf.count(b"\n", 0, cut)
+  if not gz and offset < size:
+    raise fault(f"file shrank while read (read {offset:,} of {size:,} bytes)")
   if tail:
     yield RawItem(path, chunk=tail)
 

@@ -822,8 +822,8 @@ def with_state_snapshots(groups: Iterable[tuple], idmap: IdMap, every: int,
   done = int(batches_done)
   for n, group in groups:
     done += n
-    if every and done // every != (done - n) // every:
-      group["_idmap_state"] = idmap.state()
+    if (every and done // every != (done - n) // every) or "_fault" in group:
+      group["_idmap_state"] = idmap.state()  # "_fault": the loop checkpoints at an input fault
     yield n, group
 
 

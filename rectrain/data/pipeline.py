@@ -109,12 +109,23 @@ def map_ordered(fn: Callable, iterable: Iterable, workers: int = 2,
   window: collections.deque = collections.deque()
   with concurrent.futures.ThreadPoolExecutor(workers, "rectrain-map") as pool:
     try:
-      for x in items:
+      source = iter(items)
+      fault = None
+      while True:
+        try:
+          x = next(source)
+        except StopIteration:
+          break
+        except Exception as exc:  # the source failed: its items before the fault come out first
+          fault = exc
+          break
         window.append(pool.submit(fn, x))
         if len(window) > workers:
           yield window.popleft().result()
       while window:
         yield window.popleft().result()
+      if fault is not None:
+        raise fault
     finally:
       for fut in window:
         fut.cancel()

@@ -13,6 +13,11 @@ verifies it: a damaged newest checkpoint (a file changed, truncated or gone)
 is named in one warning line and the newest intact one is used; complete
 checkpoints of which none is intact are a one-line error. A checkpoint
 without a manifest (written before format 2) is taken as it is.
+
+A checkpoint is written whole into ``<batches>.partial`` and then renamed:
+a write that fails (a full disk, ``RLIMIT_FSIZE``, a read-only directory)
+leaves the older checkpoints as they were and raises
+:class:`rectrain.errors.OutputError` in one line naming the newest intact one.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from rectrain.train import faults
+
 log = logging.getLogger(__name__)
 
 
@@ -42,22 +49,36 @@ def save_checkpoint(workdir: str, batches: int, state, meta: dict, keep: int = 2
   ``extra_files`` maps a file name to a function ``write(path)``; each writes
   ``<checkpoint>/<name>`` after the state and before ``meta.json``.
   """
-  path = os.path.join(_dir(workdir), f"{batches:012d}")
-  if os.path.exists(path):
-    shutil.rmtree(path)
-  os.makedirs(path)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(path, "state"), state)
-  checkpointer.wait_until_finished()
-  for name, write in (extra_files or {}).items():
+  for name in extra_files or {}:
     if os.path.basename(name) != name or name in ("state", "meta.json"):
       raise ValueError(f"save_checkpoint: extra file name {name!r} must be a plain file name "
                        "other than 'state' and 'meta.json'")
-    write(os.path.join(path, name))
-  write_meta(path, meta)
+  path = os.path.join(_dir(workdir), f"{batches:012d}")
+  partial = path + PARTIAL  # written whole, then renamed: a failed write leaves older ones intact
+  try:
+    with faults.quiet_orbax():
+      if os.path.exists(partial):
+        shutil.rmtree(partial)
+      os.makedirs(partial)
+      checkpointer = ocp.StandardCheckpointer()
+      checkpointer.save(os.path.join(partial, "state"), state)
+      checkpointer.wait_until_finished()
+      for name, write in (extra_files or {}).items():
+        write(os.path.join(partial, name))
+      faults.kill_point("checkpoint")
+      write_meta(partial, meta)
+      if os.path.exists(path):
+        shutil.rmtree(path)
+      os.replace(partial, path)
+  except (OSError, ValueError, RuntimeError) as e:
+    shutil.rmtree(partial, ignore_errors=True)
+    raise faults.checkpoint_write_error(workdir, path, e) from e
   for old in _complete(workdir)[:-keep] if keep > 0 else []:
     shutil.rmtree(old, ignore_errors=True)
   return path
+
+
+PARTIAL = ".partial"  # suffix of a checkpoint being written
 
 
 FORMAT = 2  # 2: meta.json carries the manifest

@@ -30,6 +30,7 @@ from rectrain.data.pipeline import prefetch, split_first_batch, with_unique
 from rectrain.models import build_model, count_params, init_tables
 from rectrain.optim import get_optimizer, get_sparse_optimizer
 from rectrain.train import checkpoint as ckpt
+from rectrain.train import faults
 from rectrain.train.features import refuse_ignored
 from rectrain.train.async_sim import AsyncState, make_async_train_step_from_config
 from rectrain.train import distributed as dist
@@ -136,16 +137,10 @@ def create_model_and_state(config, num_rows: int, num_fields: int, num_dense: in
   return model, state, dense_opt, sparse_opts, params
 
 
-def _grouped(batches: Iterator[dict], k: int) -> Iterator[tuple[int, dict]]:
-  """Stacks up to ``k`` consecutive batches; yields (count, stacked)."""
-  buf = []
-  for b in batches:
-    buf.append(b)
-    if len(buf) == k:
-      yield k, _stack(buf)
-      buf = []
-  if buf:
-    yield len(buf), _stack(buf)
+def _grouped(batches: Iterator[dict], k: int, done: int = 0) -> Iterator[tuple[int, dict]]:
+  """Stacks up to ``k`` consecutive batches; yields (count, stacked); an input
+  fault ends it with a group marked ``faults.FAULT`` (rectrain/train/faults.py)."""
+  return faults.grouped(batches, k, _stack, done)
 
 
 def _stack(batches: list[dict]) -> dict:
@@ -291,9 +286,10 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   if workdir:
     os.makedirs(workdir, exist_ok=True)
     if is_main:
-      with open(os.path.join(workdir, "config.json"), "w") as f:
+      with faults.writing(workdir, "config.json"), open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
   resumed_from = None
+  resumed_final = False
   path = ckpt.latest_checkpoint(workdir) if workdir and resume else None
   if path:
     if ("serving" in _meta_of(path)) != (schedules is not None):
@@ -302,6 +298,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
                        f"{'off' if schedules is None else 'on'}; use another workdir")
     state, meta = _restore(path, state, num_rows, table_rows, mesh)
     batches_done, rows_done = meta["batches"], meta["rows"]
+    resumed_final = bool(meta.get("final"))
     if schedules is not None:
       schedules = _sync_schedules(serving, meta["serving"])
     overall = metrics_lib.MetricAccumulator.from_state(meta["overall"])
@@ -316,7 +313,8 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     state = _warm_start(state, _warm_start_path(config.train.warm_start.path, workdir, config.seed),
                         config.train.warm_start.parts)
   if workdir and is_main:
-    metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    with faults.writing(workdir, "metrics.jsonl"):
+      metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
   metrics_lines = _count_lines(workdir)
 
   k = config.train.steps_per_dispatch
@@ -329,10 +327,10 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   source = _skip(source, batches_done)
   if im is None:
     source = with_unique(source, table_rows)  # padding id: table_rows (= num_rows on one device)
-    groups = _grouped(source, k)
+    groups = _grouped(source, k, batches_done)
   else:  # skipped batches were seen by the restored map: remap after the skip
     groups = idmap_lib.with_state_snapshots(
-        _grouped(idmap_lib.with_idmap(source, im), k), im,
+        _grouped(idmap_lib.with_idmap(source, im), k, batches_done), im,
         config.train.checkpoint_every if workdir else 0, batches_done)
   groups = prefetch(groups, config.data.prefetch)
   total = config.data.max_rows or None
@@ -369,7 +367,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     closed = window.update(labels, preds, weights, time=times, slices=slices or None)
     for w in closed:
       if metrics_file:
-        metrics_file.write(json.dumps(_jsonable(w)) + "\n")
+        _write_line(metrics_file, w, workdir)
         metrics_lines += 1
       if on_window is not None:
         on_window(w)
@@ -377,7 +375,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       rows_B = (weights.reshape(n, -1) > 0).sum(axis=1)
       for rec in im_windows.update(host["idmap_counters"], rows_B, rows_done):
         if metrics_file:
-          metrics_file.write(json.dumps(_jsonable(rec)) + "\n")
+          _write_line(metrics_file, rec, workdir)
           metrics_lines += 1
     real = int((weights > 0).sum())
     rows_done += real
@@ -389,8 +387,28 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   t_first = None
   rows_at_first = rows_done
   dispatches = 0
+  saved_at = batches_done  # a checkpoint holds this many batches (none: 0)
+
+  def checkpoint(group, final=False):
+    nonlocal saved_at
+    if metrics_file and not metrics_file.closed:
+      with faults.writing(workdir, "metrics.jsonl"):
+        metrics_file.flush()
+    im_meta, im_files = _idmap_checkpoint(im_windows, group, batches_done)
+    path = _save_checkpoint(workdir, batches_done, state, {
+        "batches": batches_done, "rows": rows_done, "overall": overall.state(), "ceiling": ceiling.state(),
+        "windows": window.state(), "metrics_lines": metrics_lines, "table_rows": table_rows,
+        **({"final": True} if final else {}), **im_meta, **_serving_meta(schedules)},
+        keep=config.train.keep_checkpoints, extra_files=im_files)
+    saved_at = batches_done
+    return path
+
+  fault = None
   try:
     for n, group in groups:
+      fault = group.pop(faults.FAULT, None)
+      if n == 0:
+        break
       device_batch = {key: group[key] for key in device_keys}
       if schedules is not None:
         for key, schedule in zip(serving_lib.SYNC_KEYS, schedules):
@@ -400,6 +418,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       state, out = multi(state, device_batch)
       batches_done += n
       dispatches += 1
+      faults.kill_point("dispatch")
       if pending is not None:
         record(pending)
       pending = (n, {key: group[key] for key in HOST_KEYS if key in group}, out)
@@ -416,39 +435,41 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
         if pending is not None:
           record(pending)
           pending = None
-        if metrics_file:
-          metrics_file.flush()
-        im_meta, im_files = _idmap_checkpoint(im_windows, group, batches_done)
-        _save_checkpoint(workdir, batches_done, state, {
-            "batches": batches_done, "rows": rows_done, "overall": overall.state(), "ceiling": ceiling.state(),
-            "windows": window.state(), "metrics_lines": metrics_lines, "table_rows": table_rows,
-            **im_meta, **_serving_meta(schedules)},
-            keep=config.train.keep_checkpoints, extra_files=im_files)
+        checkpoint(group)
     if pending is not None:
       record(pending)
     jax.block_until_ready(state)
+    if fault is not None:  # everything read before an input fault is trained: keep it
+      saved = None
+      if workdir and batches_done > saved_at:
+        saved = checkpoint(group if im is None else {"_idmap_state": group.get("_idmap_state")})
+      elif workdir and batches_done:
+        saved = faults.newest_checkpoint(workdir)
+      raise faults.input_fault(fault, saved, rows_done)
   finally:
     progress.close()
+    if fault is not None and metrics_file:
+      metrics_file.close()
   t_end = time.perf_counter()
 
+  # The last windows are counted in the final checkpoint's metrics_lines: a run
+  # resumed from it (killed before summary.json) keeps them and writes none again.
+  final_lines = metrics_file if not resumed_final else None
   for w in window.finalize_windows():
-    if metrics_file:
-      metrics_file.write(json.dumps(_jsonable(w)) + "\n")
+    if final_lines:
+      _write_line(metrics_file, w, workdir)
+      metrics_lines += 1
     if on_window is not None:
       on_window(w)
   for rec in (im_windows.final_records(rows_done) if im_windows is not None else []):
-    if metrics_file:
-      metrics_file.write(json.dumps(_jsonable(rec)) + "\n")
+    if final_lines:
+      _write_line(metrics_file, rec, workdir)
+      metrics_lines += 1
   if metrics_file:
-    metrics_file.close()
-  if workdir:
-    im_meta, im_files = _idmap_checkpoint(im_windows, {"_idmap_state": im.state()} if im is not None else {},
-                                          batches_done)
-    _save_checkpoint(workdir, batches_done, state, {
-        "batches": batches_done, "rows": rows_done, "overall": overall.state(), "ceiling": ceiling.state(),
-        "windows": window.state(), "metrics_lines": metrics_lines, "final": True,
-        "table_rows": table_rows, **im_meta, **_serving_meta(schedules)},
-        keep=config.train.keep_checkpoints, extra_files=im_files)
+    with faults.writing(workdir, "metrics.jsonl"):
+      metrics_file.close()
+  if workdir and not resumed_final:
+    checkpoint({"_idmap_state": im.state()} if im is not None else {}, final=True)
 
   served = state
   state = state.live if isinstance(state, serving_lib.ServingState) else state
@@ -496,7 +517,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
                           "tables_served_copy": bool(served.served_tables),
                           "dense_served_copy": bool(served.served_dense)}
   if workdir and is_main:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
+    with faults.writing(workdir, "summary.json"), open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(_jsonable(summary), f, indent=2)
   summary["_state"] = state.train if isinstance(state, AsyncState) else state
   if im is not None:
@@ -645,16 +666,22 @@ def _restore(path: str, state, num_rows: int, table_rows: int, mesh):
   return restored, meta
 
 
+def _write_line(f, record: dict, workdir: str) -> None:
+  """One metrics.jsonl line; a write fault is an OutputError (faults.writing)."""
+  with faults.writing(workdir, "metrics.jsonl"):
+    f.write(json.dumps(_jsonable(record)) + "\n")
+  faults.kill_point("metrics")
+
+
 def _save_checkpoint(workdir: str, batches: int, state, meta: dict, keep: int,
-                     extra_files=None) -> None:
+                     extra_files=None) -> str:
   """:func:`rectrain.train.checkpoint.save_checkpoint`, also for several processes.
 
   With several processes every process writes its shards (orbax) and process
   0 the directory, ``meta.json`` (last) and the pruning of old checkpoints.
   """
   if jax.process_count() == 1:
-    ckpt.save_checkpoint(workdir, batches, state, meta, keep=keep, extra_files=extra_files)
-    return
+    return ckpt.save_checkpoint(workdir, batches, state, meta, keep=keep, extra_files=extra_files)
   import shutil
   import orbax.checkpoint as ocp
   from jax.experimental import multihost_utils
@@ -676,6 +703,7 @@ def _save_checkpoint(workdir: str, batches: int, state, meta: dict, keep: int,
     for old in ckpt._complete(workdir)[:-keep] if keep > 0 else []:
       shutil.rmtree(old, ignore_errors=True)
   multihost_utils.sync_global_devices(f"rectrain checkpoint {batches} meta")
+  return path
 
 
 # ---------------------------------------------------------------------------
