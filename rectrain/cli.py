@@ -131,9 +131,16 @@ def _cmd_tune(args) -> int:
   return 0
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse with a one-line usage error (the usage is one ``--help`` away)."""
+
+  def error(self, message):
+    self.exit(2, f"rectrain: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="rectrain", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = _Parser(prog="rectrain", description=__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
 
   run = sub.add_parser("run", help="one streaming run from a python config")
@@ -191,6 +198,12 @@ def _one_line(e: BaseException) -> str:
   return lines[0] if lines else type(e).__name__
 
 
+def _quiet_after_error():
+  """After a reported error: no asyncio "Task exception was never retrieved"
+  logs at exit from the tasks of a failed checkpoint write."""
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
 # Errors of the user's world (input, config, files, the run directory): exit 2.
 _USER_ERRORS = (ValueError, KeyError, OSError, FloatingPointError)
 
@@ -203,6 +216,8 @@ def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   debug = "--debug" in argv or os.environ.get("RECTRAIN_DEBUG", "") not in ("", "0")
   argv = [a for a in argv if a != "--debug"]
+  if debug:
+    os.environ["RECTRAIN_DEBUG"] = "1"
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   args = build_parser().parse_args(argv)
   try:
@@ -218,11 +233,13 @@ def main(argv=None) -> int:
   except _USER_ERRORS as e:
     if debug:
       raise
+    _quiet_after_error()
     print(f"rectrain: error: {_one_line(e)}", file=sys.stderr)
     return 2
   except Exception as e:  # noqa: BLE001 - a bug or an unforeseen fault: still one line
     if debug:
       raise
+    _quiet_after_error()
     print(f"rectrain: internal error: {type(e).__name__}: {_one_line(e)} "
           "(run again with --debug for the traceback)", file=sys.stderr)
     return 1

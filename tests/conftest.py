@@ -5,3 +5,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def pytest_addoption(parser):
+  parser.addoption("--full", action="store_true", default=False,
+                   help="run the full slow matrices (e.g. all 20 fault-injection kills), "
+                        "not their representative default subsets")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def full(request):
+  """True with ``pytest --full`` (or RECTRAIN_FULL_TESTS=1): the whole slow matrix."""
+  return request.config.getoption("--full") or os.environ.get("RECTRAIN_FULL_TESTS") == "1"

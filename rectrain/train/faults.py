@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
+import tempfile
 from typing import Callable, Iterator
 
 from rectrain.errors import InputError, OutputError
@@ -89,15 +91,35 @@ def writing(workdir: str | None, what: str):
 
 @contextlib.contextmanager
 def quiet_orbax():
-  """Silences the absl/orbax background-thread ERROR tracebacks of a failed save
-  (the failure itself is raised and reported in one line)."""
+  """Holds back what a checkpoint write prints on stderr (file descriptor 2).
+
+  A failed orbax/tensorstore save prints tracebacks from its background
+  threads (absl ERROR logs, "Event loop is closed"); the failure itself is
+  raised and reported in one line. On success everything held back is
+  written out; on failure it is dropped unless ``RECTRAIN_DEBUG`` is set.
+  """
   logger = logging.getLogger("absl")
   level = logger.level
   logger.setLevel(logging.CRITICAL)
+  sys.stderr.flush()
+  held = tempfile.TemporaryFile()
+  saved_fd = os.dup(2)
+  os.dup2(held.fileno(), 2)
+  ok = False
   try:
     yield
+    ok = True
   finally:
+    sys.stderr.flush()
+    os.dup2(saved_fd, 2)
+    os.close(saved_fd)
     logger.setLevel(level)
+    if ok or os.environ.get("RECTRAIN_DEBUG", "") not in ("", "0"):
+      held.seek(0)
+      data = held.read()
+      if data:
+        os.write(2, data)
+    held.close()
 
 
 def checkpoint_write_error(workdir: str, path: str, err: BaseException) -> OutputError:
@@ -134,11 +156,25 @@ _passes: dict = {}
 POINTS = ("dispatch", "checkpoint", "metrics")
 
 
+# "count:PATH" writes {point: passes} of the whole run to PATH at exit (to draw moments).
+
+
 def kill_point(name: str) -> None:
   """Dies by SIGKILL here if RECTRAIN_FAULT_KILL names this pass of ``name``."""
-  if _KILL_POINT != name:
+  if _KILL_POINT != name and _KILL_POINT != "count":
     return
   _passes[name] = _passes.get(name, 0) + 1
-  if _passes[name] == int(_KILL_N or 1):
+  if _KILL_POINT == name and _passes[name] == int(_KILL_N or 1):
     import signal
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+if _KILL_POINT == "count":
+  import atexit
+  import json
+
+  def _dump_counts():
+    with open(_KILL_N, "w") as f:
+      json.dump(_passes, f)
+
+  atexit.register(_dump_counts)
