@@ -49,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -522,6 +523,51 @@ class BlockStream:
     self._rows = 0
     self._skipped = {r: 0 for r in REASONS}
     self._first_errors: list[str] = []
+    self._files: list[dict] = []  # per source read: see files_before()
+    if not hasattr(self, "_resume"):
+      self._resume = None
+      self._files_lock = threading.Lock()
+
+  # -- the stream position per file (resume without re-reading finished files) --
+
+  def files_before(self, row: int) -> list[dict]:
+    """The sources read completely before stream row ``row``, in order, each
+    ``{"source", "size", "rows", "rows_read", "skipped": {reason: n}}`` (rows:
+    kept rows, rows_read: lines); with ``row``, a checkpoint's position: a
+    resumed stream (:meth:`resume_at`) skips these sources unread."""
+    out, end = [], 0
+    with self._files_lock:
+      files = [dict(f, skipped=dict(f["skipped"])) for f in self._files]
+    for f in files:
+      end += f["rows"]
+      if not f.pop("done") or end > row:
+        break
+      out.append(f)
+    return out
+
+  def resume_at(self, row: int, files: list[dict]) -> None:
+    """Makes the next iteration start at stream row ``row`` (a batch boundary of
+    an earlier iteration with the same settings): the sources of ``files``
+    (:meth:`files_before`, the first sources in order) are not read, their
+    counts enter the report, and the rows before ``row`` of the next source are
+    read but not yielded. Raises ValueError if ``files`` are not this stream's
+    first sources or the time order is shuffled."""
+    names = self._source_names()
+    if self.shuffle_buffer:
+      raise ValueError("resume_at: a shuffled stream has no per-file position")
+    if [f["source"] for f in files] != names[:len(files)] or sum(f["rows"] for f in files) > row:
+      raise ValueError(f"resume_at: {[f['source'] for f in files]} are not the first sources "
+                       f"of {names}")
+    self._resume = (int(row), [dict(f) for f in files])
+
+  def _source_names(self) -> list[str]:
+    raise NotImplementedError
+
+  def _size(self, source: str) -> int | None:
+    try:
+      return os.path.getsize(source)
+    except (OSError, TypeError):
+      return None
 
   def report(self) -> dict:
     """{"rows_read", "rows", "skipped": {reason: n}, "first_errors": [...]}.
@@ -535,7 +581,8 @@ class BlockStream:
             "skipped": {r: c for r, c in self._skipped.items() if c},
             "first_errors": list(self._first_errors)}
 
-  def _raw_items(self) -> Iterator[RawItem]:
+  def _raw_items(self, skip: int = 0) -> Iterator[RawItem]:
+    """The units of every source but the first ``skip``."""
     raise NotImplementedError
 
   def _bad(self, errors: list[BadLine]):
@@ -570,19 +617,34 @@ class BlockStream:
     def work(item):
       return item, self._work(item)
 
-    yield from map_ordered(work, self._raw_items(), self.workers)
+    skip = len(self._resume[1]) if self._resume else 0
+    yield from map_ordered(work, self._raw_items(skip), self.workers)
 
   def _row_blocks(self) -> Iterator[dict]:
     """Yields encoded blocks of good rows with their stream ``index``."""
     self._reset_report()
-    remaining = self.max_rows
-    if remaining == 0:
+    if self._resume:  # the counts of the sources skipped unread
+      for f in self._resume[1]:
+        self._rows += f["rows"]
+        self._rows_read += f["rows_read"]
+        for reason, c in f["skipped"].items():
+          self._skipped[reason] += c
+        self._files.append(dict(f, skipped=dict(f["skipped"]), done=True))
+    remaining = None if self.max_rows is None else self.max_rows - self._rows
+    if remaining is not None and remaining <= 0:
       return
     source, lines_before = None, 0
+    current = None
     for item, parsed in self._parsed():
       first_unit = item.source != source
       if first_unit:
         source, lines_before = item.source, item.skip_lines
+        with self._files_lock:
+          if current is not None:
+            current["done"] = True
+          current = {"source": source, "size": self._size(source), "rows": 0, "rows_read": 0,
+                     "skipped": {}, "done": False}
+          self._files.append(current)
       raw, block, columns = parsed.raw, parsed.block, parsed.columns
       n = raw.num_lines
       base = lines_before
@@ -620,14 +682,33 @@ class BlockStream:
       k = block["label"].shape[0]
       block["index"] = np.arange(self._rows, self._rows + k, dtype=np.int64)
       self._rows += k
+      with self._files_lock:
+        current["rows"] += k
+        current["rows_read"] += n + len(errors)
+        for e in errors:
+          current["skipped"][e.reason] = current["skipped"].get(e.reason, 0) + 1
       yield block
       if remaining is not None:
         remaining -= k
         if remaining <= 0:
           return
+    if current is not None:
+      with self._files_lock:
+        current["done"] = True
+
+  def _from_start_row(self) -> Iterator[dict]:
+    """The row blocks, without the rows before a :meth:`resume_at` position."""
+    start = self._resume[0] if self._resume else 0
+    for block in self._row_blocks():
+      if start and block["index"][0] < start:
+        keep = block["index"] >= start
+        if not keep.any():
+          continue
+        block = {k: v[keep] for k, v in block.items()}
+      yield block
 
   def __iter__(self) -> Iterator[Batch]:
-    blocks = shuffle_rows(self._row_blocks(), self.shuffle_buffer, self.seed)
+    blocks = shuffle_rows(self._from_start_row(), self.shuffle_buffer, self.seed)
     for batch in rebatch(blocks, self.batch_size):
       n = batch["label"].shape[0]
       batch["weight"] = (batch["index"] >= 0).astype(np.float32)
@@ -762,6 +843,9 @@ class CriteoStream(BlockStream):
         raise FileNotFoundError(f"Criteo file not found: {p}")
     self.block_size = int(block_size)
 
-  def _raw_items(self):
-    for path in self.paths:
+  def _source_names(self) -> list[str]:
+    return list(self.paths)
+
+  def _raw_items(self, skip: int = 0):
+    for path in self.paths[skip:]:
       yield from split_lines(path, self.block_size)

@@ -123,8 +123,11 @@ class HFStream(BlockStream):
     return datasets.load_dataset("csv", data_files=[source], split="train", streaming=True,
                                  **kwargs), int(self.header)
 
-  def _raw_items(self) -> Iterator[RawItem]:
-    for source in self.sources:
+  def _source_names(self) -> list[str]:
+    return list(self.sources)
+
+  def _raw_items(self, skip: int = 0) -> Iterator[RawItem]:
+    for source in self.sources[skip:]:
       ds, header_lines = self._dataset(source)
       names = set(ds.column_names or COLUMN_NAMES)
       missing = [c for c in COLUMN_NAMES if c not in names]

@@ -111,6 +111,8 @@ def quiet_orbax():
     ok = True
   finally:
     sys.stderr.flush()
+    if not ok:  # the failed save's background threads still print: let them finish here
+      _settle(held)
     os.dup2(saved_fd, 2)
     os.close(saved_fd)
     logger.setLevel(level)
@@ -120,6 +122,19 @@ def quiet_orbax():
       if data:
         os.write(2, data)
     held.close()
+
+
+def _settle(held, quiet_s: float = 0.3, max_s: float = 3.0) -> None:
+  """Waits until nothing was written to ``held`` for ``quiet_s`` (at most ``max_s``)."""
+  import time
+  size, start, since = -1, time.monotonic(), time.monotonic()
+  while time.monotonic() - start < max_s:
+    now = os.fstat(held.fileno()).st_size
+    if now != size:
+      size, since = now, time.monotonic()
+    elif time.monotonic() - since >= quiet_s:
+      return
+    time.sleep(0.05)
 
 
 def checkpoint_write_error(workdir: str, path: str, err: BaseException) -> OutputError:

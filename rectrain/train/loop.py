@@ -290,6 +290,8 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
         f.write(config.to_json(indent=2))
   resumed_from = None
   resumed_final = False
+  next_row = 0  # stream rows trained (the index after the last trained row)
+  by_file = False  # resumed at a per-file position: nothing to skip
   path = ckpt.latest_checkpoint(workdir) if workdir and resume else None
   if path:
     if ("serving" in _meta_of(path)) != (schedules is not None):
@@ -298,6 +300,8 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
                        f"{'off' if schedules is None else 'on'}; use another workdir")
     state, meta = _restore(path, state, num_rows, table_rows, mesh)
     batches_done, rows_done = meta["batches"], meta["rows"]
+    next_row = int(meta.get("stream_rows", 0))
+    by_file = _resume_by_file(stream, config, meta, next_row)
     resumed_final = bool(meta.get("final"))
     if schedules is not None:
       schedules = _sync_schedules(serving, meta["serving"])
@@ -322,9 +326,9 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   slice_cols = [stream.layout.names.index(s) for s in slice_fields]
 
   source = iter(stream)
-  if config.train.get("warmup_batch", 0):  # the first batch in small, padded sub-batches
+  if config.train.get("warmup_batch", 0) and not by_file:  # the first batch in small, padded sub-batches
     source = split_first_batch(source, config.data.batch_size, config.train.warmup_batch)
-  source = _skip(source, batches_done)
+  source = _skip(source, 0 if by_file else batches_done)
   if im is None:
     source = with_unique(source, table_rows)  # padding id: table_rows (= num_rows on one device)
     groups = _grouped(source, k, batches_done)
@@ -337,8 +341,9 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   progress = _Progress(config.train.progress and is_main, total, rows_done)
 
   def record(pending):
-    nonlocal metrics_lines, rows_done, nonfinite_rows
+    nonlocal metrics_lines, rows_done, nonfinite_rows, next_row
     n, host, out = pending
+    next_row = max(next_row, int(host["index"].max(initial=-1)) + 1)
     if mesh is None:
       preds = np.asarray(out.preds_B).reshape(-1)
       applied = np.asarray(out.applied)
@@ -398,6 +403,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     path = _save_checkpoint(workdir, batches_done, state, {
         "batches": batches_done, "rows": rows_done, "overall": overall.state(), "ceiling": ceiling.state(),
         "windows": window.state(), "metrics_lines": metrics_lines, "table_rows": table_rows,
+        "stream_rows": next_row, "stream_files": _files_before(stream, next_row),
         **({"final": True} if final else {}), **im_meta, **_serving_meta(schedules)},
         keep=config.train.keep_checkpoints, extra_files=im_files)
     saved_at = batches_done
@@ -664,6 +670,26 @@ def _restore(path: str, state, num_rows: int, table_rows: int, mesh):
   if mesh is not None:
     restored = sh.shard_state(restored, mesh, table_rows)
   return restored, meta
+
+
+def _files_before(stream, row: int):
+  """The stream's per-file position at ``row`` (None for streams without files)."""
+  return stream.files_before(row) if hasattr(stream, "files_before") else None
+
+
+def _resume_by_file(stream, config, meta: dict, row: int) -> bool:
+  """Starts ``stream`` at a checkpoint's per-file position (finished files are not
+  read again); False (the loop re-reads and skips the batches) where it cannot."""
+  files = meta.get("stream_files")
+  if (files is None or not hasattr(stream, "resume_at") or row <= 0
+      or row % config.data.batch_size or config.data.shuffle_buffer):
+    return False
+  try:
+    stream.resume_at(row, files)
+  except ValueError as e:
+    log.warning("resuming by re-reading the stream from its start: %s", e)
+    return False
+  return True
 
 
 def _write_line(f, record: dict, workdir: str) -> None:
