@@ -263,6 +263,12 @@ def _cli_cases(tsv, tmp):
       "data stats on a missing file": (["data", "stats", "/no/such.tsv"], "/no/such.tsv"),
       "synth into a missing directory": (["synth", "--rows", "10", "--out", "/no/such/dir/x.tsv"],
                                          "/no/such/dir/x.tsv"),
+      "tune with a bad search space": (["tune", "--param", "model.x=foo:1", "--dir",
+                                        os.path.join(tmp, "tune")], "foo"),
+      "table of a missing run": (["table", "/no/such/run"], "/no/such/run"),
+      "sweep of a missing experiment": (["sweep", "/no/such/experiment"], "/no/such/experiment"),
+      "a directory as the data file": (run + lr + ["--set", "data.source=criteo", "--set",
+                                                   f"data.path={tmp}"], "Is a directory"),
       "unknown argument": (["run", "--no-such-flag"], "--no-such-flag"),
       "unknown command": (["frobnicate"], "frobnicate"),
   }
