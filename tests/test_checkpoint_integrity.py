@@ -91,3 +91,30 @@ def test_meta_without_manifest_is_taken_as_it_is(tmp_path):
   with open(os.path.join(path, "meta.json"), "w") as f:
     f.write("{not json")
   assert "meta.json unreadable" in ckpt.verify_checkpoint(path)
+
+
+@pytest.mark.parametrize("extra,damaged_file", [
+    (["idmap.enabled=True", "idmap.capacity=8192"], "idmap.npz"),
+    (["serving.sync_tables_s=3600", "serving.sync_dense_s=3600"], None),
+], ids=["idmap", "serving"])
+def test_idmap_and_serving_state_are_covered(tmp_path, caplog, extra, damaged_file):
+  """The id map's file and the serving copy (part of the orbax state) are in the manifest."""
+  config = configs.apply_overrides(configs.default_config(), SMALL + extra)
+  train_stream(config, workdir=str(tmp_path))
+  done = ckpt._complete(str(tmp_path))
+  meta = json.load(open(os.path.join(done[-1], "meta.json")))
+  if damaged_file:
+    assert damaged_file in meta[ckpt.MANIFEST]
+    target = os.path.join(done[-1], damaged_file)
+    with open(target, "r+b") as f:
+      f.seek(os.path.getsize(target) // 2)
+      flipped = bytes(b ^ 0xFF for b in f.read(16))
+      f.seek(os.path.getsize(target) // 2)
+      f.write(flipped)
+  else:
+    assert "serving" in meta
+    _damage(done[-1])
+  assert ckpt.verify_checkpoint(done[-1]) is not None
+  with caplog.at_level(logging.WARNING, logger="rectrain.train.checkpoint"):
+    assert ckpt.latest_checkpoint(str(tmp_path)) == done[-2]
+  assert any(done[-1] in r.getMessage() for r in caplog.records)
