@@ -15,12 +15,10 @@ from typing import Sequence
 
 import ml_collections
 
-from rectrain.models import default_model_config
-from rectrain.train.async_sim import async_config_defaults
-from rectrain.data.idmap import idmap_config_defaults
-from rectrain.train.delayed import delayed_config_defaults
-from rectrain.train.distributed import distributed_config_defaults
-from rectrain.train.sharding import mesh_config_defaults
+# Section defaults only: importing the config module loads no jax / flax / optax.
+from rectrain.config_sections import (async_config_defaults, default_model_config,
+                                      delayed_config_defaults, distributed_config_defaults,
+                                      idmap_config_defaults, mesh_config_defaults)
 
 
 # Per-model defaults of the optimizer sections and the embedding init scale,

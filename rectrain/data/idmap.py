@@ -96,6 +96,7 @@ import ml_collections
 import numpy as np
 
 from rectrain.data import hashing
+from rectrain.config_sections import idmap_config_defaults  # noqa: F401 - defined there (no jax)
 
 POLICIES = ("lru", "lfu")
 UNADMITTED = ("missing", "shared", "zero")
@@ -120,27 +121,6 @@ _TOMB = np.int32(-2)
 _INDEX_SALT = np.uint64(0x6A09E667F3BCC909)
 _SKETCH_SALT = np.uint64(0xBB67AE8584CAA73B)
 _U32_MAX = np.int64(2 ** 32 - 1)
-
-
-def idmap_config_defaults() -> ml_collections.ConfigDict:
-  """The ``idmap`` section of a run config (see :func:`from_config`)."""
-  c = ml_collections.ConfigDict()
-  c.enabled = False
-  # Rows per field, reserved rows included; 0 = the stream's layout
-  # (data.cat_buckets / data.int_buckets). field_capacity: one value per
-  # field (layout order), overrides capacity when not empty.
-  c.capacity = 0
-  c.field_capacity = ()
-  c.min_count = 1            # sightings before an id gets a row (1 = at once)
-  c.ttl = 0.0                # free ids unseen for this many clock units; 0 = never
-  c.clock = "time"           # time (event seconds) | index (stream position, e.g. Criteo logs)
-  c.policy = "lru"           # lru | lfu: which rows go when a field is full
-  c.unadmitted = "missing"   # missing | shared | zero: what an id without a row reads
-  c.max_admit_per_batch = 0  # static R of the row reset; 0 = batch_size * fields (no cap)
-  c.sketch_width = 1 << 20   # count-min sketch counters per row (power of two)
-  c.sketch_depth = 4
-  c.sketch_halve_every = 0.0  # clock units between halvings of the sketch; 0 = never
-  return c
 
 
 def _check_choice(name: str, value, choices) -> None:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from rectrain.config_sections import default_model_config  # noqa: F401 - no jax there
 from rectrain.models.ctr import DCNv2, DeepFM, DLRM, DNN, FM, LR, WideDeep
 
 MODELS = {
@@ -44,22 +45,6 @@ def _hparam_defaults(cls) -> Dict[str, object]:
       continue
     out[f.name] = f.default
   return out
-
-
-def default_model_config(name: str) -> ml_collections.ConfigDict:
-  """``name`` plus the usual hyperparameters of that model.
-
-  embed_dim 16 and an MLP of (400, 400, 400) (the Criteo setting of DeepFM /
-  Wide & Deep); DCN-V2: 3 full-rank cross layers, stacked; DLRM: bottom MLP
-  (512, 256, D), top MLP (512, 256), dot interaction (the reference Criteo
-  Kaggle setting). Embedding rows ~ truncated normal, stddev 0.01.
-  """
-  cls = _model_class(name)
-  config = ml_collections.ConfigDict()
-  config.name = name
-  for key, value in _hparam_defaults(cls).items():
-    config[key] = value
-  return config
 
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:

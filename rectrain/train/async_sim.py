@@ -76,6 +76,7 @@ from rectrain.optim.delay import delay_compensation_math
 from rectrain.optim.sparse import gather_rows, scatter_rows
 from rectrain.train.step import (StepOutput, TrainState, apply_gradients, make_forward,
                                  weighted_logloss)
+from rectrain.config_sections import async_config_defaults  # noqa: F401 - defined there (no jax)
 
 PyTree = Any
 
@@ -410,24 +411,6 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
 
 def _num_rows(tables) -> int:
   return next(iter(tables.values())).shape[0] if tables else 0
-
-
-def async_config_defaults() -> ml_collections.ConfigDict:
-  """Defaults of ``config.train.async_sim`` (disabled: the synchronous step)."""
-  c = ml_collections.ConfigDict()
-  c.enabled = False
-  c.staleness = "fixed"            # fixed | round_robin | random
-  c.tau = 0                        # fixed: tau; random: max tau; round_robin: 0 or workers - 1
-  c.workers = 1                    # round_robin: number of workers W (tau = W - 1)
-  c.delay_compensation = "none"    # none | constant | adaptive (DC-ASGD / DC-ASGD-a)
-  c.lambda_ = 0.04
-  c.mean_square_decay = 0.95
-  c.eps = 1e-7
-  c.seed = 0                       # random staleness
-  c.distribution = "uniform"       # random staleness: uniform | geometric
-  c.geometric_p = 0.5
-  c.predictions = "stale"          # stale (the worker's) | current (theta_t, one more forward)
-  return c
 
 
 def make_async_train_step_from_config(model, dense_opt, sparse_opts, cfg, max_unique: int,

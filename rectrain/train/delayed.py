@@ -62,6 +62,7 @@ import rectrain.metrics as metrics_lib
 from rectrain.data.batch import DEVICE_KEYS, add_unique
 from rectrain.models.multihead import MultiHeadTower, serve_probability
 from rectrain.models.tables import init_tables
+from rectrain.config_sections import delayed_config_defaults  # noqa: F401 - defined there (no jax)
 
 METHODS = ("pretrained", "oracle", "vanilla", "fnw", "fnc", "esdfm", "defer", "multihead")
 # The join mode each method is defined on (vanilla may use any mode).
@@ -359,29 +360,6 @@ def window_metrics(labels, preds, weights) -> Dict[str, float]:
 
 # ---------------------------------------------------------------------------
 # Config.
-
-
-def delayed_config_defaults() -> ml_collections.ConfigDict:
-  """Defaults of ``config.delayed``: method, join, windows, seed/incremental days, aux model."""
-  c = ml_collections.ConfigDict()
-  c.method = "vanilla"        # one of METHODS
-  c.join_mode = ""            # "" = the method's own (METHOD_JOIN); vanilla may use any mode
-  c.wait_s = 900.0            # wait / elapsed-time window e (wait, esdfm, defer)
-  c.attribution_s = 3 * 86400.0  # conversions later than A after the impression do not count
-  # multihead: label snapshots after the impression; head k learns (s_{k-1}, s_k].
-  c.snapshot_s = (3600.0, 6 * 3600.0, 86400.0, 3 * 86400.0)
-  c.scatter_rows = 0          # positive scattering of the joiner (0 = off)
-  c.window_s = 3600.0         # test-then-train window of event time
-  c.seed_days = 1.0           # seed model: the first days, complete labels
-  c.incremental_days = 0.0    # then incremental training; 0 = the rest of data.max_rows
-  c.multihead = ml_collections.ConfigDict()
-  c.multihead.train_heads = "mature"  # mature: heads k <= snapshot j | newest: k == j
-  c.aux = ml_collections.ConfigDict()  # ES-DFM / DEFER auxiliary (dp, rn) model
-  c.aux.embed_dim = 8
-  c.aux.mlp_dims = (64,)
-  c.aux.rn_source = "aux"     # aux: the rn head | model: (1 - p) / (1 - p + f_dp)
-  c.aux.online = True         # defer: keep training the aux model on the second emissions
-  return c
 
 
 def resolve_delayed_config(config) -> ml_collections.ConfigDict:

@@ -36,16 +36,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from rectrain.data.batch import add_unique
-
-
-def distributed_config_defaults() -> ml_collections.ConfigDict:
-  """``config.distributed``: empty coordinator = single process (or the environment)."""
-  return ml_collections.ConfigDict({
-      "coordinator": "",       # host:port of process 0
-      "num_processes": 0,
-      "process_id": -1,
-      "cpu_collectives": "gloo",
-  })
+from rectrain.config_sections import distributed_config_defaults  # noqa: F401 - defined there (no jax)
 
 
 def _settings(cfg: Mapping | None) -> tuple[str, int, int]:

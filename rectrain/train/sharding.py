@@ -49,20 +49,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from rectrain.optim import SparseOptimizer
 from rectrain.train.step import (StepOutput, TrainState, apply_gradients, make_forward,
                                  weighted_logloss)
+from rectrain.config_sections import mesh_config_defaults  # noqa: F401 - defined there (no jax)
 
 AXES = ("data", "model")
 ROWS = P(AXES)          # table rows over every device
 REPLICATED = P()
-
-
-def mesh_config_defaults() -> ml_collections.ConfigDict:
-  """``config.mesh``: the device mesh; ``shape=(1, 1)`` is one device (the default).
-
-  ``shape`` is ``(data, model)``; one entry may be -1 (all remaining
-  devices), e.g. ``(-1, 1)`` = data parallel over every device with the
-  tables row-sharded over all of them.
-  """
-  return ml_collections.ConfigDict({"shape": (1, 1)})
 
 
 def make_mesh(shape: Sequence[int] = (1, 1), devices=None) -> Mesh:
