@@ -216,10 +216,11 @@ def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   debug = "--debug" in argv or os.environ.get("RECTRAIN_DEBUG", "") not in ("", "0")
   argv = [a for a in argv if a != "--debug"]
-  if debug:
-    os.environ["RECTRAIN_DEBUG"] = "1"
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   args = build_parser().parse_args(argv)
+  before = os.environ.get("RECTRAIN_DEBUG")
+  if debug:  # for this call (and the processes it starts) only
+    os.environ["RECTRAIN_DEBUG"] = "1"
   try:
     return args.func(args)
   except BrokenPipeError:  # output piped into e.g. `head`
@@ -243,6 +244,11 @@ def main(argv=None) -> int:
     print(f"rectrain: internal error: {type(e).__name__}: {_one_line(e)} "
           "(run again with --debug for the traceback)", file=sys.stderr)
     return 1
+  finally:
+    if before is None:
+      os.environ.pop("RECTRAIN_DEBUG", None)
+    else:
+      os.environ["RECTRAIN_DEBUG"] = before
 
 
 if __name__ == "__main__":
