@@ -48,7 +48,9 @@ def test_every_model_beats_the_base_rate_from_the_second_window_on(name):
 
 
 @pytest.mark.parametrize("name", ["deepfm", "fm", "dcnv2", "dlrm", "dnn", "wide_deep", "lr"])
-def test_real_criteo_sample_at_batch_4096_is_not_over_predicted(name):
+def test_real_criteo_sample_at_batch_4096_is_not_over_predicted(name, full):
+  if not full and name not in ("deepfm", "fm", "lr"):
+    pytest.skip("deepfm, fm and lr by default (the models issue 14 measured); pytest --full: all")
   # 4,222 real rows: without the warm-up split and the intercept optimizer the
   # first update made DeepFM predict 3x the base rate (run PCOC 3.01).
   config = _config(f"model.name={name}", "data.source=criteo", f"data.path={CRITEO}",
