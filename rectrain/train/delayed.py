@@ -454,7 +454,7 @@ def tower_from_model_config(model_cfg, num_heads: int) -> MultiHeadTower:
 def create_tower_and_state(config, tower: MultiHeadTower, num_rows: int, num_fields: int,
                            num_dense: int, seed: int):
   """Like :func:`rectrain.train.loop.create_model_and_state`, for a given tower module."""
-  from rectrain.train.loop import build_optimizers
+  from rectrain.train.build import build_optimizers
   from rectrain.train.step import init_train_state
   specs = tower.table_specs()
   k_tables, k_dense = jax.random.split(jax.random.PRNGKey(seed))
@@ -634,7 +634,7 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
   """
   from rectrain.configs import validate
   from rectrain.data.delay_join import LabelJoiner
-  from rectrain.train.loop import create_model_and_state
+  from rectrain.train.build import create_model_and_state
   from rectrain.train.step import make_multi_step, make_train_step
   from rectrain.train.features import refuse_ignored
   validate(config)

@@ -9,7 +9,7 @@ naming the keys, instead of training without it (a run on one device that
 says nothing, a ``"mesh": null`` in summary.json).
 
 Combinations the streaming loop refuses on a mesh are checked where the mesh
-is built (``rectrain.train.loop._run_mesh``).
+is built (``rectrain.train.loop_mesh._run_mesh``).
 """
 
 from __future__ import annotations

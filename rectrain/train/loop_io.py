@@ -1,0 +1,234 @@
+"""The streaming loop's files: checkpoints (save / restore on any device count, the per-file stream position), metrics.jsonl lines, warm start, JSON-safe records.
+
+Moved out of rectrain/train/loop.py (which re-exports the public names).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rectrain.train import checkpoint as ckpt
+from rectrain.train import faults
+from rectrain.train.async_sim import AsyncState
+from rectrain.train import serving as serving_lib
+from rectrain.train import sharding as sh
+from rectrain.train.step import TrainState
+
+log = logging.getLogger(__name__)
+
+
+def _stack(batches: list[dict]) -> dict:
+  keys = [k for k in batches[0] if np.ndim(batches[0][k]) > 0]
+  return {k: np.stack([b[k] for b in batches]) for k in keys}
+
+
+def _restore(path: str, state, num_rows: int, table_rows: int, mesh):
+  """Restores checkpoint ``path`` onto ``state``'s shardings; returns (state, meta).
+
+  A checkpoint written with another device count has its tables padded to
+  another ``table_rows`` (meta key ``table_rows``; absent = ``num_rows``): its
+  row leaves are restored whole, cut or zero-padded to this run's rows (only
+  padding rows, never used, differ) and sharded on this run's mesh.
+  """
+  saved = int(_meta_of(path).get("table_rows", num_rows))
+  if saved == table_rows:
+    return ckpt.restore_checkpoint(path, state)
+  if not isinstance(state, TrainState) or saved < num_rows:
+    raise ValueError(f"{path}: checkpoint tables have {saved} rows; this run needs "
+                     f"{table_rows} rows ({num_rows} real) and a plain train state: "
+                     "another data.cat_buckets, serving or async setting?")
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def abstract(tree):
+    return jax.tree_util.tree_map(
+        lambda x: (jax.ShapeDtypeStruct((saved,) + x.shape[1:], x.dtype, sharding=local)
+                   if x.ndim >= 1 and x.shape[0] == table_rows else x), tree)
+
+  def fit(tree):
+    def one(x):
+      if x.ndim < 1 or x.shape[0] != saved:
+        return x
+      if saved > table_rows:
+        return x[:table_rows]
+      return jnp.pad(x, [(0, table_rows - saved)] + [(0, 0)] * (x.ndim - 1))
+    return jax.tree_util.tree_map(one, tree)
+
+  like = state._replace(tables=abstract(state.tables),
+                        table_opt_state=abstract(state.table_opt_state))
+  restored, meta = ckpt.restore_checkpoint(path, like)
+  restored = restored._replace(tables=fit(restored.tables),
+                               table_opt_state=fit(restored.table_opt_state))
+  if mesh is not None:
+    restored = sh.shard_state(restored, mesh, table_rows)
+  return restored, meta
+
+
+def _files_before(stream, row: int):
+  """The stream's per-file position at ``row`` (None for streams without files)."""
+  return stream.files_before(row) if hasattr(stream, "files_before") else None
+
+
+def _resume_by_file(stream, config, meta: dict, row: int) -> bool:
+  """Starts ``stream`` at a checkpoint's per-file position (finished files are not
+  read again); False (the loop re-reads and skips the batches) where it cannot."""
+  files = meta.get("stream_files")
+  if (files is None or not hasattr(stream, "resume_at") or row <= 0
+      or row % config.data.batch_size or config.data.shuffle_buffer):
+    return False
+  try:
+    stream.resume_at(row, files)
+  except ValueError as e:
+    log.warning("resuming by re-reading the stream from its start: %s", e)
+    return False
+  return True
+
+
+def _write_line(f, record: dict, workdir: str) -> None:
+  """One metrics.jsonl line; a write fault is an OutputError (faults.writing)."""
+  with faults.writing(workdir, "metrics.jsonl"):
+    f.write(json.dumps(_jsonable(record)) + "\n")
+  faults.kill_point("metrics")
+
+
+def _save_checkpoint(workdir: str, batches: int, state, meta: dict, keep: int,
+                     extra_files=None) -> str:
+  """:func:`rectrain.train.checkpoint.save_checkpoint`, also for several processes.
+
+  With several processes every process writes its shards (orbax) and process
+  0 the directory, ``meta.json`` (last) and the pruning of old checkpoints.
+  """
+  if jax.process_count() == 1:
+    return ckpt.save_checkpoint(workdir, batches, state, meta, keep=keep, extra_files=extra_files)
+  import shutil
+  import orbax.checkpoint as ocp
+  from jax.experimental import multihost_utils
+  if extra_files:
+    raise ValueError("several processes: checkpoints with extra files are not supported")
+  path = os.path.join(ckpt._dir(workdir), f"{batches:012d}")
+  main = jax.process_index() == 0
+  if main:
+    if os.path.exists(path):
+      shutil.rmtree(path)
+    os.makedirs(path)
+  multihost_utils.sync_global_devices(f"rectrain checkpoint {batches} dir")
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(path, "state"), state)
+  checkpointer.wait_until_finished()
+  multihost_utils.sync_global_devices(f"rectrain checkpoint {batches} state")
+  if main:
+    ckpt.write_meta(path, meta)
+    for old in ckpt._complete(workdir)[:-keep] if keep > 0 else []:
+      shutil.rmtree(old, ignore_errors=True)
+  multihost_utils.sync_global_devices(f"rectrain checkpoint {batches} meta")
+  return path
+
+
+# ---------------------------------------------------------------------------
+# Serving copy (rectrain/train/serving.py) and warm start in the streaming loop.
+
+
+def _meta_of(path: str) -> dict:
+  """The meta.json of checkpoint ``path``."""
+  with open(os.path.join(path, "meta.json")) as f:
+    return json.load(f)
+
+
+def _warm_start_path(path: str, workdir: str | None, seed: int) -> str:
+  """``{seed}`` -> the run's seed; ``@NAME/...`` -> ``<parent of workdir>/NAME/...`` (a sibling run)."""
+  resolved = path.replace("{seed}", str(seed))
+  if not resolved.startswith("@"):
+    return resolved
+  if not workdir:
+    raise ValueError(f"config train.warm_start.path={path!r}: a path starting with '@' is "
+                     "relative to the parent of the run directory, but this run has no workdir")
+  return os.path.join(os.path.dirname(os.path.abspath(workdir)), resolved[1:])
+
+
+def _warm_start(state, path: str, parts: str):
+  """Warm start of the live TrainState inside a serving / async wrapper."""
+  if isinstance(state, serving_lib.ServingState):
+    stale = (bool(state.served_tables), bool(state.served_dense))
+    return serving_lib.init_serving_state(_warm_start(state.live, path, parts), *stale)
+  if isinstance(state, AsyncState):
+    return state._replace(train=ckpt.warm_start(state.train, path, parts)[0])
+  return ckpt.warm_start(state, path, parts)[0]
+
+
+# ---------------------------------------------------------------------------
+# Collision-free id map (rectrain/data/idmap.py) in the streaming loop.
+
+
+def _table_bytes(state) -> int:
+  """Bytes of the embedding tables and their row-wise optimizer state."""
+  train = state.train if isinstance(state, AsyncState) else state
+  return int(sum(x.nbytes for x in jax.tree_util.tree_leaves(
+      (train.tables, train.table_opt_state))))
+
+
+def _count_lines(workdir):
+  if not workdir:
+    return 0
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    return sum(1 for _ in f)
+
+
+def _truncate_jsonl(path: str, lines: int) -> None:
+  """Drops lines written after the checkpoint we resume from."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    kept = [line for _, line in zip(range(lines), f)]
+  with open(path, "w") as f:
+    f.writelines(kept)
+
+
+def _jsonable(obj: Any):
+  if isinstance(obj, dict):
+    return {str(k): _jsonable(v) for k, v in obj.items() if not str(k).startswith("_")}
+  if isinstance(obj, (list, tuple)):
+    return [_jsonable(v) for v in obj]
+  if isinstance(obj, (np.floating, float)):
+    v = float(obj)
+    return v if np.isfinite(v) else None
+  if isinstance(obj, (np.integer,)):
+    return int(obj)
+  if isinstance(obj, np.ndarray):
+    return _jsonable(obj.tolist())
+  return obj
+
+
+# ---------------------------------------------------------------------------
+# Offline protocol: K epochs over a fixed training stream, held-out evaluation.
+
+
+class _Progress:
+  """tqdm progress bar with rows/s and the running AUC / log loss."""
+
+  def __init__(self, enabled: bool, total: int | None, initial: int):
+    self.bar = None
+    if enabled:
+      from tqdm.auto import tqdm
+      self.bar = tqdm(total=total, initial=initial, unit="row", unit_scale=True,
+                      dynamic_ncols=True, mininterval=0.5, desc="train")
+
+  def update(self, rows: int, running: dict):
+    if self.bar is None:
+      return
+    self.bar.update(rows)
+    self.bar.set_postfix(auc=f"{running.get('auc', float('nan')):.4f}",
+                         logloss=f"{running.get('logloss', float('nan')):.4f}",
+                         refresh=False)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
