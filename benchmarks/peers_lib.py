@@ -686,6 +686,11 @@ def add_common_args(parser: argparse.ArgumentParser, default_bits: str) -> None:
                            " reused when present)")
   parser.add_argument("--venv", default=DEFAULT_VENV, help="side venv with VW and DeepCTR-Torch")
   parser.add_argument("--skip-peers", action="store_true", help="only rectrain")
+  parser.add_argument("--skip-deepctr", action="store_true",
+                      help="no DeepCTR-Torch run (VW still runs unless --skip-peers)")
+  parser.add_argument("--models", default="",
+                      help="comma-separated rectrain models instead of the front-end's list "
+                           "(e.g. lr)")
   parser.add_argument("--smoke", action="store_true",
                       help="tiny run: 20,000 rows, 2^14 buckets/field for rectrain, VW -b 18")
   parser.add_argument("--vw-bits", default=default_bits,
@@ -698,6 +703,8 @@ def add_common_args(parser: argparse.ArgumentParser, default_bits: str) -> None:
 
 def run_comparison(args, rectrain_models: list, name: str) -> dict:
   """Data, side venv, every system in turn; the JSON record (without tables)."""
+  if getattr(args, "models", ""):
+    rectrain_models = [m for m in args.models.split(",") if m]
   rows = args.rows or (20_000 if args.smoke else 1_000_000)
   out = os.path.abspath(args.out or f"/tmp/rectrain-peers/{name}_{rows}")
   os.makedirs(out, exist_ok=True)
@@ -741,7 +748,7 @@ def run_comparison(args, rectrain_models: list, name: str) -> dict:
                      args.timeout)
     rec.update(kind="rectrain", model=m)
     systems.append(rec)
-  if not args.skip_peers:
+  if not args.skip_peers and not getattr(args, "skip_deepctr", False):
     rates = [float(x) for x in str(getattr(args, "deepctr_lr", "") or "").split(",") if x]
     for lr in rates or [None]:  # None: DEEPCTR["lr"]
       tag = "" if lr is None or len(rates) < 2 else f" Adam {lr:g}"
