@@ -28,7 +28,7 @@ def _cmd_run(args) -> int:
   configs.apply_overrides(config, args.set or [])
   workdir = args.workdir or os.path.join(
       "runs", f"{config.model.name}_{time.strftime('%Y%m%d-%H%M%S')}")
-  from rectrain.experiment import reproduce_command, run_experiment
+  from rectrain.experiments.records import reproduce_command, run_experiment
   summary = run_experiment(config, workdir, command=reproduce_command(
       args.config, workdir, args.arg, args.set or []))
   import jax
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
   tune.add_argument("--seed", type=int, default=0, help="sampler seed")
   tune.set_defaults(func=_cmd_tune)
 
-  from rectrain.experiment import add_experiment_commands
+  from rectrain.experiments.commands import add_experiment_commands
   add_experiment_commands(sub)
   return parser
 

@@ -198,7 +198,7 @@ def trial_config(spec: Mapping[str, Any], values: Mapping[str, Any]):
 def _check_space(spec, params: Sequence[Param]) -> None:
   """Fails before any trial when a key or a value does not fit the config: every
   value of each param (range ends, choices), the others at their first value."""
-  from rectrain.experiment import resolve_windows
+  from rectrain.experiments.records import resolve_windows
   first = {p.key: p.examples()[0] for p in params}
   for p in params:
     for value in p.examples():
@@ -277,7 +277,7 @@ def run_trial(trial, spec: Mapping[str, Any], values: Mapping[str, Any],
   prunes there); raises ``optuna.TrialPruned`` when pruned or not finite.
   The run's metrics go to the trial's user attrs.
   """
-  from rectrain.experiment import resolve_windows
+  from rectrain.experiments.records import resolve_windows
   from rectrain.train.loop import train_stream
   config = resolve_windows(trial_config(spec, values))
   config.train.progress = False
@@ -509,7 +509,7 @@ def tune(params: Mapping[str, str] | Sequence[str], tune_dir: str, config_path: 
     ``{"best": {"number", "value", "params", "metrics", "set"}, "finished",
     "failed", "trials": [one dict per trial], "dir", ...}`` (also ``best.json``).
   """
-  from rectrain.experiment import config_hash
+  from rectrain.experiments.records import config_hash
   items = [f"{k}={v}" for k, v in params.items()] if isinstance(params, Mapping) else list(params)
   parsed = [parse_param(p) for p in items]
   keys = [p.key for p in parsed]
