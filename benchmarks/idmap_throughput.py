@@ -19,7 +19,7 @@ in batches of ``--batch-size``, then measures on those batches, rows/s of:
 and reports the hashed table's collision rate (fraction of distinct ids that
 share their row with another id, per window of ``--window`` rows) next to the
 map's occupancy, admissions, evictions and expiries. Last, the device cost of
-the row reset (:func:`rectrain.data.idmap.reset_rows`, jitted, embedding dim
+the row reset (:func:`rectrain.train.idmap_reset.reset_rows`, jitted, embedding dim
 16 + the width-1 linear table, row-wise AdaGrad state) per batch for a few
 padded lengths R. Each host figure is the best of ``--repeat`` passes.
 """
@@ -36,6 +36,7 @@ import numpy as np
 from rectrain.data import hashing, idmap
 from rectrain.data.batch import add_unique
 from rectrain.data.synthetic import SyntheticStream
+from rectrain.train import idmap_reset
 
 
 def _batches(rows: int, batch_size: int, seed: int):
@@ -108,7 +109,7 @@ def bench_reset(num_rows: int, sizes, repeat: int = 5):
   tables = init_tables(jax.random.PRNGKey(0), specs, num_rows)
   state = {k: opts[k].init(v) for k, v in tables.items()}
   key = jax.random.PRNGKey(1)
-  fn = jax.jit(lambda t, s, r, g: idmap.reset_rows(t, s, r, g, specs, opts, key),
+  fn = jax.jit(lambda t, s, r, g: idmap_reset.reset_rows(t, s, r, g, specs, opts, key),
                donate_argnums=(0, 1))
   out = {}
   rng = np.random.default_rng(0)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rectrain.data import hashing, idmap
+from rectrain.train import idmap_reset
 from rectrain.data.batch import add_unique
 from rectrain.data.idmap import COUNTER_NAMES, IdMap
 
@@ -292,7 +293,7 @@ def test_reset_rows_writes_fresh_rows_and_state():
   key = jax.random.PRNGKey(9)
   rows = jnp.array([3, 7, 7 * 0 + n, n], jnp.int32)
   gen = jnp.array([1, 2, 0, 0], jnp.int32)
-  fn = jax.jit(lambda t, s, r, g: idmap.reset_rows(t, s, r, g, specs, opts, key))
+  fn = jax.jit(lambda t, s, r, g: idmap_reset.reset_rows(t, s, r, g, specs, opts, key))
   new_t, new_s = fn(tables, state, rows, gen)
   untouched = np.array([i for i in range(n) if i not in (3, 7)])
   for i, spec in enumerate(specs):
@@ -339,7 +340,7 @@ def test_train_step_with_row_reset_resets_before_the_step():
   state = init_train_state(dense, tables, dense_opt, opts)
   step = make_train_step(model, dense_opt, opts, train_tables=False)
   key = jax.random.PRNGKey(4)
-  multi = make_multi_step(idmap.with_row_reset(step, specs, opts, key), donate=False)
+  multi = make_multi_step(idmap_reset.with_row_reset(step, specs, opts, key), donate=False)
   batches = []
   for i, ids in enumerate([[[1, 1], [2, 2]], [[3, 3], [3, 3]]]):   # batch 2 evicts id 1 or 2
     raw = np.array(ids, np.uint64)
@@ -352,7 +353,7 @@ def test_train_step_with_row_reset_resets_before_the_step():
   new_state, out = multi(state, stacked)
   reused = batches[1]["reset_rows"][:int(batches[1]["num_reset"])]
   assert reused.size == 2 and set(reused.tolist()) <= set(batches[0]["reset_rows"].tolist())
-  want_t, want_s = idmap.reset_rows(state.tables, state.table_opt_state, stacked["reset_rows"][1],
+  want_t, want_s = idmap_reset.reset_rows(state.tables, state.table_opt_state, stacked["reset_rows"][1],
                                     stacked["reset_gen"][1], specs, opts, key)
   for name in new_state.tables:   # tables frozen: the rows hold their fresh values
     np.testing.assert_allclose(np.asarray(new_state.tables[name])[reused],

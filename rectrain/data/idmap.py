@@ -18,7 +18,7 @@ Design (why host-side NumPy). The map runs in the host input pipeline, like
 TorchRec's managed-collision remapping, between the stream and the dedup of
 :func:`rectrain.data.batch.add_unique`: it rewrites ``cat`` (B, F) from raw ids
 to rows and lists the rows (re)assigned in the batch, whose table rows and
-optimizer state the jitted step resets (:func:`with_row_reset`, static shape
+optimizer state the jitted step resets (:func:`rectrain.train.idmap_reset.with_row_reset`, static shape
 R) before it gathers. The device step is unchanged and keeps its O(U * W)
 cost; the map costs the host a few vectorised NumPy passes over the batch's
 ids (no per-id Python) and runs in the prefetch thread, off the device's
@@ -878,73 +878,6 @@ class CollisionCounter:
             "collision_rate": float(shared.sum() / n)}
 
 
-# ---- device side: reset of (re)assigned rows (JAX, imported lazily) -----------------
-def reset_rows(tables, table_opt_state, rows_R, gen_R, specs, sparse_opts, key):
-  """Writes fresh initial values into rows ``rows_R`` of every table and its state.
-
-  Row ``r`` of table ``i`` (``specs[i]``) gets a fresh draw from the table's
-  initialiser (rectrain/models/tables.py: zeros for ``init_scale == 0``, else
-  truncated normal or uniform of that scale) with key
-  ``fold_in(fold_in(fold_in(key, i), r), gen)``, so the values are a pure
-  function of (key, table, row, generation) and a reused row never repeats
-  its previous initial value. Its optimizer state becomes
-  ``sparse_opts[name].init(fresh_rows)``, the state of a fresh row. Padding
-  entries (``rows_R == N``) write nothing. Jittable; cost O(R * W).
-
-  Returns:
-    ``(new_tables, new_table_opt_state)``.
-  """
-  import jax
-  import jax.numpy as jnp
-
-  new_tables, new_opt = dict(tables), dict(table_opt_state)
-  rows_R = jnp.asarray(rows_R, jnp.int32)
-  gen_R = jnp.asarray(gen_R, jnp.int32)
-  for i, spec in enumerate(specs):
-    table = tables[spec.name]
-    scale = float(spec.init_scale)
-    shape = (rows_R.shape[0], spec.dim)
-    if scale == 0.0:
-      fresh = jnp.zeros(shape, table.dtype)
-    else:
-      k_table = jax.random.fold_in(key, i)
-      keys = jax.vmap(lambda r, g: jax.random.fold_in(jax.random.fold_in(k_table, r), g))(
-          rows_R, gen_R)
-      if spec.init == "uniform":
-        draw = lambda k: jax.random.uniform(k, (spec.dim,), table.dtype, -scale, scale)
-      else:
-        draw = lambda k: scale * jax.random.truncated_normal(k, -2.0, 2.0, (spec.dim,), table.dtype)
-      fresh = jax.vmap(draw)(keys)
-    new_tables[spec.name] = table.at[rows_R].set(fresh, mode="drop")
-    fresh_state = sparse_opts[spec.name].init(fresh)
-    new_opt[spec.name] = jax.tree.map(lambda x, s: x.at[rows_R].set(s.astype(x.dtype), mode="drop"),
-                                      table_opt_state[spec.name], fresh_state)
-  return new_tables, new_opt
-
-
+# The batch keys of the rows (re)assigned in a batch (remap_batch); the device side
+# that resets them is a step transform: rectrain/train/idmap_reset.py.
 RESET_KEYS = ("reset_rows", "reset_gen")
-
-
-def with_row_reset(step, specs, sparse_opts, key):
-  """Wraps a train step so that it first resets the batch's ``reset_rows``.
-
-  ``step(state, batch)`` is :func:`rectrain.train.step.make_train_step`'s step
-  (or the async simulation's, whose ``state.train`` is reset); the wrapped
-  step reads ``batch["reset_rows"]`` and ``batch["reset_gen"]`` (from
-  :meth:`IdMap.remap_batch`), applies :func:`reset_rows` and calls ``step``
-  on the rest of the batch. Pure, so it goes under ``lax.scan`` / ``jit``.
-  """
-
-  def reset_train(train, batch):
-    tables, opt = reset_rows(train.tables, train.table_opt_state, batch["reset_rows"],
-                             batch["reset_gen"], specs, sparse_opts, key)
-    return train._replace(tables=tables, table_opt_state=opt)
-
-  def wrapped(state, batch):
-    if hasattr(state, "train"):
-      state = state._replace(train=reset_train(state.train, batch))
-    else:
-      state = reset_train(state, batch)
-    return step(state, {k: v for k, v in batch.items() if k not in RESET_KEYS})
-
-  return wrapped

@@ -38,6 +38,7 @@ from rectrain.train.features import refuse_ignored
 from rectrain.train.async_sim import AsyncState, make_async_train_step_from_config
 from rectrain.train import serving as serving_lib
 from rectrain.train import sharding as sh
+from rectrain.train.idmap_reset import with_row_reset
 from rectrain.train.step import make_multi_step, make_train_step
 from rectrain.train.build import bias_labels, build_optimizers, create_model_and_state  # noqa: F401
 from rectrain.train.loop_features import (_IdMapWindows, _idmap_checkpoint, _idmap_enabled,
@@ -154,7 +155,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
         max_unique=config.data.batch_size * num_fields)  # = with_unique's default U
     state = async_init(state)  # before restore: it is the checkpoint template
   if im is not None:  # reset (re)assigned rows and their optimizer state before each step
-    step_fn = idmap_lib.with_row_reset(step_fn, model.table_specs(), sparse_opts,
+    step_fn = with_row_reset(step_fn, model.table_specs(), sparse_opts,
                                        jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
   serving = config.get("serving", None)
   schedules = None
