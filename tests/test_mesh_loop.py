@@ -110,7 +110,7 @@ def test_refused_configs_name_the_keys(runs):
   errors = json.loads((runs / "errors.json").read_text())
   assert "data.batch_size=510" in errors["batch"] and "mesh.shape=(4, 1)" in errors["batch"]
   assert "idmap.enabled" in errors["idmap"]
-  assert "train.learn=False" in errors["learn"]
+  assert "train.async_sim.enabled=True" in errors["async"]  # learn=False now runs on a mesh
 
 
 def test_two_processes_match_one(runs, two_processes):

@@ -205,7 +205,30 @@ def _flatten(tree) -> dict[str, Any]:
   return flat
 
 
-def warm_start(state, path: str, parts: str = "all"):
+def _restore_on_one_device(path: str):
+  """A checkpoint's state as written (any device count) on this process's first device."""
+  checkpointer = ocp.StandardCheckpointer()
+  meta = checkpointer.metadata(path)
+  meta = getattr(meta, "item_metadata", meta)
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+                                  meta)
+  return checkpointer.restore(path, target)
+
+
+def _copy_rows(new, old, num_rows: int | None):
+  """``old`` as ``new``'s value: equal shapes, or (a run on another device count) the
+  first ``num_rows`` rows, the table's real rows, the rest being padding."""
+  old = np.asarray(old)
+  if old.shape == new.shape:
+    return jax.numpy.asarray(old, dtype=new.dtype)
+  if (num_rows is not None and old.ndim and old.shape[1:] == new.shape[1:]
+      and min(old.shape[0], new.shape[0]) >= num_rows):
+    return jax.numpy.asarray(new).at[:num_rows].set(jax.numpy.asarray(old[:num_rows], new.dtype))
+  return None
+
+
+def warm_start(state, path: str, parts: str = "all", num_rows: int | None = None):
   """Copies parameters from a checkpoint into ``state`` (possibly another model).
 
   Args:
@@ -213,6 +236,8 @@ def warm_start(state, path: str, parts: str = "all"):
     path: a checkpoint directory or a run workdir.
     parts: ``all`` (tables and dense parameters), ``embeddings`` (tables and
       their row-wise optimizer state) or ``dense`` (dense parameters).
+    num_rows: the tables' real rows; with it, a checkpoint of a run on another
+      device count (tables padded to another multiple of the devices) fits.
 
   Tables are matched by name and must have the same shape. Dense parameters
   are matched by their path in the Flax variables and copied where the shape
@@ -225,7 +250,7 @@ def warm_start(state, path: str, parts: str = "all"):
   if parts not in ("all", "embeddings", "dense"):
     raise ValueError(f"warm_start parts={parts!r}: must be all, embeddings or dense")
   path = _resolve(path)
-  raw = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))
+  raw = _restore_on_one_device(os.path.join(path, "state"))
   report = {"checkpoint": path, "tables": [], "dense_copied": 0, "dense_kept": 0}
   tables, table_opt = dict(state.tables), dict(state.table_opt_state)
   if parts in ("all", "embeddings"):
@@ -234,17 +259,16 @@ def warm_start(state, path: str, parts: str = "all"):
     for name, table in state.tables.items():
       if name not in old_tables:
         continue
-      old = np.asarray(old_tables[name])
-      if old.shape != table.shape:
-        raise ValueError(f"warm start: table {name!r} has shape {old.shape} in {path} "
-                         f"but {table.shape} in the new model")
-      tables[name] = jax.numpy.asarray(old, dtype=table.dtype)
+      copied = _copy_rows(table, old_tables[name], num_rows)
+      if copied is None:
+        raise ValueError(f"warm start: table {name!r} has shape {np.shape(old_tables[name])} in "
+                         f"{path} but {table.shape} in the new model")
+      tables[name] = copied
       new_leaves, treedef = jax.tree_util.tree_flatten(state.table_opt_state[name])
       old_leaves = jax.tree_util.tree_leaves(old_opt.get(name, {}))
-      if len(old_leaves) == len(new_leaves) and all(
-          np.shape(a) == np.shape(b) for a, b in zip(old_leaves, new_leaves)):
-        table_opt[name] = jax.tree_util.tree_unflatten(
-            treedef, [jax.numpy.asarray(a) for a in old_leaves])
+      fitted = [_copy_rows(b, a, num_rows) for a, b in zip(old_leaves, new_leaves)]
+      if len(old_leaves) == len(new_leaves) and all(f is not None for f in fitted):
+        table_opt[name] = jax.tree_util.tree_unflatten(treedef, fitted)
       report["tables"].append(name)
   dense = state.dense_params
   if parts in ("all", "dense"):

@@ -146,8 +146,9 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   learn = bool(config.train.get("learn", True))
   if mesh is None:
     step_fn = make_train_step(model, dense_opt, sparse_opts, train_dense=learn, train_tables=learn)
-  else:  # async / id map / serving / learn=False are refused by _run_mesh
-    step_fn = sh.make_sharded_train_step(model, dense_opt, sparse_opts)
+  else:  # async / id map / serving are refused by _run_mesh (loop_mesh.py)
+    step_fn = sh.make_sharded_train_step(model, dense_opt, sparse_opts, train_dense=learn,
+                                         train_tables=learn)
   if config.train.async_sim.enabled:
     # Simulated asynchronous training: gradients computed at stale parameters.
     async_init, step_fn = make_async_train_step_from_config(
@@ -214,7 +215,9 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       _truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), meta["metrics_lines"])
   elif config.train.warm_start.path:
     state = _warm_start(state, _warm_start_path(config.train.warm_start.path, workdir, config.seed),
-                        config.train.warm_start.parts)
+                        config.train.warm_start.parts, num_rows)
+    if mesh is not None:  # the copied arrays back onto the mesh
+      state = sh.shard_state(state, mesh, table_rows)
   if workdir and is_main:
     with faults.writing(workdir, "metrics.jsonl"):
       metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")

@@ -151,14 +151,14 @@ def _warm_start_path(path: str, workdir: str | None, seed: int) -> str:
   return os.path.join(os.path.dirname(os.path.abspath(workdir)), resolved[1:])
 
 
-def _warm_start(state, path: str, parts: str):
+def _warm_start(state, path: str, parts: str, num_rows: int | None = None):
   """Warm start of the live TrainState inside a serving / async wrapper."""
   if isinstance(state, serving_lib.ServingState):
     stale = (bool(state.served_tables), bool(state.served_dense))
-    return serving_lib.init_serving_state(_warm_start(state.live, path, parts), *stale)
+    return serving_lib.init_serving_state(_warm_start(state.live, path, parts, num_rows), *stale)
   if isinstance(state, AsyncState):
-    return state._replace(train=ckpt.warm_start(state.train, path, parts)[0])
-  return ckpt.warm_start(state, path, parts)[0]
+    return state._replace(train=ckpt.warm_start(state.train, path, parts, num_rows)[0])
+  return ckpt.warm_start(state, path, parts, num_rows)[0]
 
 
 # ---------------------------------------------------------------------------

@@ -51,10 +51,6 @@ def _run_mesh(config):
     refused.append("serving.sync_tables_s / sync_dense_s / freeze_after_s (a served copy)")
   if _idmap_enabled(config):
     refused.append("idmap.enabled=True")
-  if not config.train.get("learn", True):
-    refused.append("train.learn=False")
-  if config.train.warm_start.path:
-    refused.append("train.warm_start.path")
   if refused:
     raise ValueError(f"config mesh.shape={shape} ({devices} devices) does not work with "
                      f"{'; '.join(refused)} yet: set mesh.shape=(1, 1) or turn these off")

@@ -112,7 +112,7 @@ else:
   errors = {}
   for key, extra in (("batch", ["mesh.shape=(4,1)", "data.batch_size=510"]),
                      ("idmap", ["mesh.shape=(-1,1)", "idmap.enabled=True"]),
-                     ("learn", ["mesh.shape=(2,2)", "train.learn=False"])):
+                     ("async", ["mesh.shape=(2,2)", "train.async_sim.enabled=True"])):
     try:
       train_stream(config(*extra))
       errors[key] = ""

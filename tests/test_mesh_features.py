@@ -1,0 +1,47 @@
+"""Warm start and train.learn=False on several devices (issue 15, item 1): a run on
+mesh (4, 1) warm-started from a 1-device or a 4-device checkpoint, learning or
+frozen, equals the 1-device run within float32 summation tolerance; frozen runs
+give the same predictions from either checkpoint."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+  out = tmp_path_factory.mktemp("mesh_features")
+  r = subprocess.run([sys.executable, os.path.join(HERE, "helpers", "mesh_features_run.py"), str(out)],
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return out, json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.parametrize("src", ["seed1", "seed4"])
+@pytest.mark.parametrize("learn", ["True", "False"])
+def test_four_devices_equal_one(results, src, learn):
+  out, res = results
+  one, four = res[f"{src}|(1,1)|{learn}"], res[f"{src}|(4,1)|{learn}"]
+  assert one["rows"] == four["rows"] == 4096
+  assert four["auc"] == pytest.approx(one["auc"], abs=1e-4)
+  assert four["logloss"] == pytest.approx(one["logloss"], abs=1e-5)
+  p1 = np.load(out / f"{src}_(1,1)_{learn}.npy")
+  p4 = np.load(out / f"{src}_(4,1)_{learn}.npy")
+  np.testing.assert_allclose(p4, p1, atol=2e-5)
+
+
+def test_frozen_runs_score_the_warm_start_model(results):
+  out, res = results
+  # the 1- and 4-device source runs trained the same model: frozen, they predict alike
+  a = np.load(out / "seed1_(1,1)_False.npy")
+  b = np.load(out / "seed4_(1,1)_False.npy")
+  np.testing.assert_allclose(a, b, atol=2e-5)
+  # and learning changes the predictions
+  c = np.load(out / "seed1_(1,1)_True.npy")
+  assert np.abs(a - c).max() > 1e-3
