@@ -140,8 +140,10 @@ def default_config() -> ml_collections.ConfigDict:
   # intercept (the LR part's bias, or the output bias of models without one):
   # one scalar that must follow the base rate from the first batches on needs
   # a far larger step than an MLP weight; name "" = with optim.dense. Each
-  # section takes any argument of its optimizer plus warmup_steps (a linear
-  # learning-rate warm-up). The values are the model's tuned defaults
+  # section takes any argument of its optimizer (rectrain's own or any optax
+  # alias, for tables as for dense parameters) plus warmup_steps (a linear
+  # learning-rate warm-up), clip_norm (global-norm gradient clipping) and
+  # decoupled_weight_decay (w -= d * w per update). The values are the model's tuned defaults
   # (MODEL_DEFAULTS, experiments/defaults).
   c.optim = ml_collections.ConfigDict()
   c.optim.tables = ml_collections.ConfigDict()
@@ -261,9 +263,10 @@ def _optimizer_sections(config) -> dict:
 
 def optimizer_keys(section, sparse: bool) -> list:
   """The keys an optimizer section may hold: ``name``, the optimizer's own
-  arguments and the schedule keys (``warmup_steps``)."""
-  from rectrain.optim.registry import SCHEDULE_KEYS, optimizer_arguments
-  return ["name"] + optimizer_arguments(section["name"], sparse) + list(SCHEDULE_KEYS)
+  arguments and the chain keys (``warmup_steps``, ``clip_norm``,
+  ``decoupled_weight_decay``; rectrain.train.build.chained)."""
+  from rectrain.optim.registry import CHAIN_KEYS, optimizer_arguments
+  return ["name"] + optimizer_arguments(section["name"], sparse) + list(CHAIN_KEYS)
 
 
 def _check_optimizer_key(section, key: str, leaf: str, sparse: bool) -> None:

@@ -162,8 +162,7 @@ def _reference(taus, dc=None, predictions="stale", batches=BATCHES):
     tables, table_opt = {}, {}
     for name, table in cur.tables.items():
       tables[name], table_opt[name] = sparse_apply(
-          SPARSE_OPTS[name], table, cur.table_opt_state[name], batch["unique"], g_rows[name],
-          cur.step)
+          SPARSE_OPTS[name], table, cur.table_opt_state[name], batch["unique"], g_rows[name])
     history.append(cur._replace(step=cur.step + 1, dense_params=dense,
                                 dense_opt_state=dense_opt_state, tables=tables,
                                 table_opt_state=table_opt))

@@ -118,3 +118,21 @@ def test_idmap_and_serving_state_are_covered(tmp_path, caplog, extra, damaged_fi
   with caplog.at_level(logging.WARNING, logger="rectrain.train.checkpoint"):
     assert ckpt.latest_checkpoint(str(tmp_path)) == done[-2]
   assert any(done[-1] in r.getMessage() for r in caplog.records)
+
+
+def test_checkpoint_of_an_older_format_is_refused_naming_the_format(tmp_path):
+  work = tmp_path / "run"
+  train_stream(configs.apply_overrides(_config(), ["data.max_rows=4096"]), workdir=str(work))
+  newest = ckpt._complete(str(work))[-1]
+  assert ckpt.checkpoint_format(newest) == ckpt.FORMAT == 3
+  meta_path = os.path.join(newest, "meta.json")
+  meta = json.loads(open(meta_path).read())
+  meta["checkpoint_format"] = 2   # as written before the tables' optax states
+  open(meta_path, "w").write(json.dumps(meta))
+  with pytest.raises(ValueError, match=r"checkpoint format 2 .*resumes format 3 only.*"
+                                       r"train.warm_start.path="):
+    train_stream(_config(), workdir=str(work))
+  meta["checkpoint_format"] = 4
+  open(meta_path, "w").write(json.dumps(meta))
+  with pytest.raises(ValueError, match=r"checkpoint format 4 was written by a newer rectrain"):
+    train_stream(_config(), workdir=str(work))

@@ -212,9 +212,8 @@ def test_ftrl_matches_tensorflow_keras(name):
   sp = optim.ftrl_sparse(**kwargs)
   table = jnp.asarray([TF_W0], jnp.float32)
   sstate = sp.init(table)
-  for step, g in enumerate(grads):
-    table, sstate = optim.sparse_apply(sp, table, sstate, jnp.array([0]), jnp.asarray(g)[None],
-                                       step)
+  for g in grads:
+    table, sstate = optim.sparse_apply(sp, table, sstate, jnp.array([0]), jnp.asarray(g)[None])
   np.testing.assert_allclose(table[0], golden["w"][-1], rtol=RTOL, atol=ATOL)
   # And the NumPy transcription agrees with TF too.
   ref, _, _ = np_ftrl(TF_W0, grads, kwargs["learning_rate"], kwargs.get("learning_rate_power", -0.5),
@@ -351,7 +350,7 @@ def test_adamom_ada_decay_one_is_running_mean():
   inner = state[0]
   np.testing.assert_allclose(inner.v / inner.c, (grads.astype(np.float64) ** 2).mean(axis=0),
                              rtol=1e-5)
-  assert float(inner.c) == 7.0
+  np.testing.assert_array_equal(inner.c, 7.0)  # one c per row (each coordinate of a 1-D leaf)
 
 
 def test_adamom_c_per_row_sparse_is_lazy():
@@ -361,10 +360,11 @@ def test_adamom_c_per_row_sparse_is_lazy():
   state = sp.init(table)
   for step in range(4):
     ids = jnp.array([0, 1]) if step == 0 else jnp.array([0, 3])  # row 1 once, row 0 four times
-    table, state = optim.sparse_apply(sp, table, state, ids, jnp.ones((2, 2)), step)
-  np.testing.assert_allclose(state.c[:, 0], [1 + .5 + .25 + .125, 1.0, 0.0])
+    table, state = optim.sparse_apply(sp, table, state, ids, jnp.ones((2, 2)))
+  c, m = optax.tree_utils.tree_get(state, "c"), optax.tree_utils.tree_get(state, "m")
+  np.testing.assert_allclose(c[:, 0], [1 + .5 + .25 + .125, 1.0, 0.0])
   # Row 1's momentum stays frozen at its value after its single update.
-  np.testing.assert_allclose(state.m[1], [0.01, 0.01], rtol=1e-6)
+  np.testing.assert_allclose(m[1], [0.01, 0.01], rtol=1e-6)
 
 
 def test_ogd_matches_numpy():
@@ -381,8 +381,8 @@ def test_sparse_adam_matches_numpy():
   sp = optim.adam_sparse(0.05)
   table = jnp.asarray(w0)
   state = sp.init(table)
-  for step, g in enumerate(grads):
-    table, state = optim.sparse_apply(sp, table, state, jnp.arange(4), jnp.asarray(g), step)
+  for g in grads:
+    table, state = optim.sparse_apply(sp, table, state, jnp.arange(4), jnp.asarray(g))
   np.testing.assert_allclose(table, np_adam(w0, grads, 0.05)[-1], rtol=1e-5, atol=1e-6)
 
 
@@ -415,12 +415,12 @@ def test_sparse_equals_dense_when_all_rows_touched(name):
   grads = rand_grads(20, 5, (N, W))
   ws_dense, _ = run_dense(dense, table0, grads)
   table, state = table0, sp.init(table0)
-  apply = jax.jit(lambda t, s, i, g, st: optim.sparse_apply(sp, t, s, i, g, st))
+  apply = jax.jit(lambda t, s, i, g: optim.sparse_apply(sp, t, s, i, g))
   for step, g in enumerate(grads):
     perm = np.random.RandomState(step).permutation(N)       # any order of unique ids
     ids = np.concatenate([perm, [N, N]]).astype(np.int32)   # plus padding
     g_rows = np.concatenate([g[perm], np.full((2, W), 1e3, np.float32)])
-    table, state = apply(table, state, jnp.asarray(ids), jnp.asarray(g_rows), step)
+    table, state = apply(table, state, jnp.asarray(ids), jnp.asarray(g_rows))
   np.testing.assert_allclose(table, ws_dense[-1], rtol=1e-5, atol=1e-6)
 
 
@@ -432,23 +432,26 @@ def test_sparse_untouched_rows_and_state_bit_identical(name):
   # Two warm-up steps over all rows so the state is not trivially constant.
   for step in range(2):
     table, state = optim.sparse_apply(sp, table, state, jnp.arange(N),
-                                      jnp.asarray(rand_grads(22 + step, 1, (N, W))[0]), step)
+                                      jnp.asarray(rand_grads(22 + step, 1, (N, W))[0]))
   touched = np.array([5, 2], np.int32)
   ids = jnp.asarray(np.array([5, 2, N, N], np.int32))
   g = np.random.RandomState(24).randn(4, W).astype(np.float32)
   g[2:] = np.nan                                             # padding grads are garbage
-  new_table, new_state = optim.sparse_apply(sp, table, state, ids, jnp.asarray(g), 2)
+  new_table, new_state = optim.sparse_apply(sp, table, state, ids, jnp.asarray(g))
   untouched = np.setdiff1d(np.arange(N), touched)
   assert np.array_equal(np.asarray(new_table)[untouched], np.asarray(table)[untouched])
   assert not np.any(np.isnan(np.asarray(new_table)))
   assert np.all(np.asarray(new_table)[touched] != np.asarray(table)[touched])
   for old, new in zip(jax.tree.leaves(state), jax.tree.leaves(new_state)):
-    assert new.shape == old.shape and new.shape[0] == N
+    assert new.shape == old.shape
+    if not optim.is_row_leaf(old, N):   # a global leaf: the step count
+      assert old.ndim == 0 and int(new) == int(old) + 1
+      continue
     assert np.array_equal(np.asarray(new)[untouched], np.asarray(old)[untouched])
     assert not np.any(np.isnan(np.asarray(new)))
   # Touched rows equal an unpadded application of the same rows.
   ref_table, ref_state = optim.sparse_apply(sp, table, state, jnp.asarray(touched),
-                                            jnp.asarray(g[:2]), 2)
+                                            jnp.asarray(g[:2]))
   np.testing.assert_allclose(new_table, ref_table, rtol=1e-6, atol=0)
   for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(ref_state)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
@@ -469,21 +472,31 @@ def test_rowwise_adagrad_sparse_state_shape_and_values():
                                   initial_accumulator_value=0.25)
   table = jnp.zeros((5, 4))
   state = sp.init(table)
-  assert state.accumulator.shape == (5, 1)
-  np.testing.assert_array_equal(state.accumulator, 0.25)
+  accumulator = optax.tree_utils.tree_get(state, "accumulator")
+  assert accumulator.shape == (5, 1)
+  np.testing.assert_array_equal(accumulator, 0.25)
   g = jnp.asarray([[1., 2., 3., 4.]])
-  table, state = optim.sparse_apply(sp, table, state, jnp.array([3]), g, 0)
+  table, state = optim.sparse_apply(sp, table, state, jnp.array([3]), g)
   acc = 0.25 + np.mean([1., 4., 9., 16.])
-  np.testing.assert_allclose(state.accumulator[3, 0], acc, rtol=1e-6)
+  np.testing.assert_allclose(optax.tree_utils.tree_get(state, "accumulator")[3, 0], acc,
+                             rtol=1e-6)
   np.testing.assert_allclose(table[3], -0.1 * np.array([1., 2., 3., 4.]) / (np.sqrt(acc) + 1e-8),
                              rtol=1e-6)
 
 
-def test_sparse_learning_rate_schedule_uses_global_step():
+def test_sparse_learning_rate_schedule_counts_the_tables_updates():
+  # The schedule's count is a global leaf: it counts the table's updates, whichever
+  # rows they touch (row 1 four times, then row 0 at count 4: lr 0.6); a skipped
+  # update (applied=False) neither moves a row nor counts.
   sched = optax.linear_schedule(1.0, 0.0, 10)
   sp = optim.get_sparse_optimizer("sgd", learning_rate=sched)
   table, state = jnp.zeros((2, 1)), sp.init(jnp.zeros((2, 1)))
-  table, state = optim.sparse_apply(sp, table, state, jnp.array([0]), jnp.ones((1, 1)), 4)
+  for _ in range(4):
+    table, state = optim.sparse_apply(sp, table, state, jnp.array([1]), jnp.zeros((1, 1)))
+  skipped = optim.sparse_apply(sp, table, state, jnp.array([2]), jnp.ones((1, 1)), applied=False)
+  np.testing.assert_array_equal(skipped[0], table)
+  assert int(optax.tree_utils.tree_get(skipped[1], "count")) == 4
+  table, state = optim.sparse_apply(sp, table, state, jnp.array([0]), jnp.ones((1, 1)))
   np.testing.assert_allclose(table[0, 0], -0.6, rtol=1e-6)
 
 
@@ -491,13 +504,13 @@ def test_sparse_apply_bad_input_errors():
   sp = optim.get_sparse_optimizer("sgd", learning_rate=0.1)
   table = jnp.zeros((4, 3))
   with pytest.raises(ValueError, match="grad_UxW has shape"):
-    optim.sparse_apply(sp, table, (), jnp.array([0, 1]), jnp.zeros((3, 3)), 0)
+    optim.sparse_apply(sp, table, (), jnp.array([0, 1]), jnp.zeros((3, 3)))
   with pytest.raises(ValueError, match="ids_U must be integer"):
-    optim.sparse_apply(sp, table, (), jnp.array([0.0]), jnp.zeros((1, 3)), 0)
+    optim.sparse_apply(sp, table, (), jnp.array([0.0]), jnp.zeros((1, 3)))
   with pytest.raises(ValueError, match="table_NxW must be 2-D"):
-    optim.sparse_apply(sp, jnp.zeros(4), (), jnp.array([0]), jnp.zeros((1, 4)), 0)
-  with pytest.raises(ValueError, match=r"state leaf .* leading dim N=4"):
-    optim.sparse_apply(sp, table, (jnp.zeros((3, 1)),), jnp.array([0]), jnp.zeros((1, 3)), 0)
+    optim.sparse_apply(sp, jnp.zeros(4), (), jnp.array([0]), jnp.zeros((1, 4)))
+  with pytest.raises(ValueError, match=r"the state has structure"):
+    optim.sparse_apply(sp, table, (jnp.zeros((3, 1)),), jnp.array([0]), jnp.zeros((1, 3)))
   with pytest.raises(ValueError, match="unknown optimizer 'nope'"):
     optim.get_sparse_optimizer("nope", learning_rate=0.1)
   with pytest.raises(TypeError, match=r"unknown argument\(s\) \['lr'\]"):
@@ -528,9 +541,9 @@ def test_no_recompilation_on_second_call(name):
     return optax.apply_updates(params, updates), state
 
   @jax.jit
-  def sparse_step(table, state, ids, grads, step):
+  def sparse_step(table, state, ids, grads):
     traces["sparse"] += 1
-    return optim.sparse_apply(sp, table, state, ids, grads, step)
+    return optim.sparse_apply(sp, table, state, ids, grads)
 
   params = {"w": jnp.ones((4, 3)), "b": jnp.ones((3,))}
   state = opt.init(params)
@@ -540,7 +553,7 @@ def test_no_recompilation_on_second_call(name):
     grads = jax.tree.map(lambda p: p * (step + 1.0), params)
     params, state = dense_step(params, state, grads)
     table, sstate = sparse_step(table, sstate, jnp.array([1, 6], jnp.int32),
-                                jnp.ones((2, 3)), jnp.int32(step))
+                                jnp.ones((2, 3)))
   assert traces == {"dense": 1, "sparse": 1}
 
 
@@ -701,3 +714,52 @@ def test_staleness_schedules():
 def test_optim_does_not_import_flax():
   code = "import sys, rectrain.optim; assert 'flax' not in sys.modules, 'flax imported'"
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------
+# Table optimizers are optax transforms: chains and aliases row-wise.
+# ----------------------------------------------------------------------------
+
+def test_chain_on_a_table_equals_the_dense_chain_on_touched_rows():
+  # clip_by_global_norm sees the touched rows' gradient, which is the whole table's
+  # gradient (untouched rows have none), so row-wise == dense for a stateless rule.
+  tx = optax.chain(optax.clip_by_global_norm(0.5), optax.sgd(0.3))
+  sp = optim.SparseOptimizer(tx)
+  table0 = jnp.asarray(np.random.RandomState(31).randn(N, W), jnp.float32)
+  touched = np.array([4, 1], np.int32)
+  g = rand_grads(32, 1, (2, W), scale=3.0)[0]
+  full = np.zeros((N, W), np.float32)
+  full[touched] = g
+  ws_dense, _ = run_dense(tx, table0, full[None])
+  table, _ = optim.sparse_apply(sp, table0, sp.init(table0), jnp.asarray(touched), jnp.asarray(g))
+  np.testing.assert_allclose(table, ws_dense[-1], rtol=1e-6, atol=1e-7)
+  assert np.linalg.norm(np.asarray(table0 - table)) == pytest.approx(0.3 * 0.5, rel=1e-5)
+
+
+def test_optax_alias_runs_row_wise_and_is_lazy():
+  sp = optim.get_sparse_optimizer("adamw", learning_rate=0.1, weight_decay=0.5)
+  table0 = jnp.ones((4, 2))
+  table, state = optim.sparse_apply(sp, table0, sp.init(table0), jnp.array([2, 4]),
+                                    jnp.ones((2, 2)))
+  assert np.array_equal(np.asarray(table)[[0, 1, 3]], np.ones((3, 2)))  # untouched: no decay
+  # Adam's first step is -lr * sign(g); AdamW adds -lr * wd * w.
+  np.testing.assert_allclose(table[2], 1 - 0.1 - 0.1 * 0.5, rtol=1e-6)
+  assert int(optax.tree_utils.tree_get(state, "count")) == 1
+
+
+def test_config_chain_keys_reach_the_table_optimizer():
+  from rectrain import configs
+  from rectrain.train.build import build_optimizers
+  config = configs.default_config()
+  configs.apply_overrides(config, [
+      "model.name=lr", "optim.sparse={'name': 'sgd', 'learning_rate': 1.0}",
+      "optim.sparse.clip_norm=0.5", "optim.sparse.decoupled_weight_decay=0.1"])
+  _, sparse = build_optimizers(config, ["linear"])
+  table = jnp.full((3, 1), 2.0)
+  new, _ = optim.sparse_apply(sparse["linear"], table, sparse["linear"].init(table),
+                              jnp.array([0, 3]), jnp.array([[10.0], [0.0]]))
+  # clipped to norm 0.5: w = 2 - 0.5, then decoupled decay: - 0.1 * 2.
+  np.testing.assert_allclose(np.asarray(new)[:, 0], [2 - 0.5 - 0.2, 2.0, 2.0], rtol=1e-6)
+  with pytest.raises(ValueError, match="optim.sparse: clip_norm must be a number >= 0"):
+    configs.apply_overrides(config, ["optim.sparse.clip_norm=-1"])
+    build_optimizers(config, ["linear"])

@@ -87,7 +87,7 @@ def test_optimizer_floats_counts_the_state_arrays():
       # (table optimizer, dense optimizer): (embedding, linear, dense) floats per param
       ("rowwise_adagrad", "adam"): (1 / d, 1.0, 2.0),   # one accumulator per row; mu, nu
       ("adam", "adam"): (2.0, 2.0, 2.0),                 # lazy Adam m, v
-      ("adamom", "adamom"): (2 + 1 / d, 3.0, 2 + 2 / 16),  # m, v + c per row; c per leaf
+      ("adamom", "adamom"): (2 + 1 / d, 3.0, 2 + 7 / 16),  # m, v + c per row (w: 3, b: 4)
       ("ftrl", "sgd"): (2.0, 2.0, 0.0),                  # z, n; SGD has no state
   }
   for (t_name, d_name), (emb, lin, den) in cases.items():

@@ -15,6 +15,9 @@ these are the defaults here.
 Per-coordinate AdaGrad (Duchi et al. 2011) follows optax.adagrad / Keras 3:
 ``acc <- acc + g^2; w <- w - lr * g / sqrt(acc + eps)`` (0 where acc == 0),
 accumulator initialised to 0.1, eps = 1e-7.
+
+Both are optax transforms; on tables they run row-wise
+(:mod:`rectrain.optim.sparse`), where a (N, W) table has N accumulators (N, 1).
 """
 
 from __future__ import annotations
@@ -26,11 +29,10 @@ import jax.numpy as jnp
 import optax
 
 from rectrain.optim import _common
-from rectrain.optim.sparse import SparseOptimizer
 
 
 # ----------------------------------------------------------------------------
-# Per-coordinate math, shared by the dense transforms and the sparse path.
+# Per-coordinate math.
 # ----------------------------------------------------------------------------
 
 def rowwise_adagrad_math(g, acc, eps):
@@ -137,51 +139,3 @@ def adagrad(learning_rate: _common.ScalarOrSchedule,
   """
   return optax.chain(scale_by_adagrad(initial_accumulator_value, eps),
                      optax.scale_by_learning_rate(learning_rate))
-
-
-# ----------------------------------------------------------------------------
-# Sparse (row-wise) application.
-# ----------------------------------------------------------------------------
-
-class RowwiseAdagradRows(NamedTuple):
-  accumulator: jax.Array  # (N, 1)
-
-
-def rowwise_adagrad_sparse(learning_rate: _common.ScalarOrSchedule,
-                           initial_accumulator_value: float = 0.0,
-                           eps: float = 1e-8) -> SparseOptimizer:
-  """Row-wise AdaGrad on table rows; state: one accumulator per row, shape (N, 1)."""
-  _common.check_positive("initial_accumulator_value", initial_accumulator_value, True)
-
-  def init(table_NxW):
-    return RowwiseAdagradRows(accumulator=jnp.full(
-        (table_NxW.shape[0], 1), initial_accumulator_value, dtype=table_NxW.dtype))
-
-  def update(grad_UxW, param_UxW, rows, step):
-    direction_UxW, acc_Ux1 = rowwise_adagrad_math(grad_UxW, rows.accumulator, eps)
-    lr = _common.lr_at(learning_rate, step).astype(param_UxW.dtype)
-    return param_UxW - lr * direction_UxW, RowwiseAdagradRows(accumulator=acc_Ux1)
-
-  return SparseOptimizer(init, update)
-
-
-class AdagradRows(NamedTuple):
-  sum_of_squares: jax.Array  # (N, W)
-
-
-def adagrad_sparse(learning_rate: _common.ScalarOrSchedule,
-                   initial_accumulator_value: float = 0.1,
-                   eps: float = 1e-7) -> SparseOptimizer:
-  """Per-coordinate AdaGrad on table rows; state shape (N, W)."""
-  _common.check_positive("initial_accumulator_value", initial_accumulator_value, True)
-
-  def init(table_NxW):
-    return AdagradRows(sum_of_squares=jnp.full(
-        table_NxW.shape, initial_accumulator_value, dtype=table_NxW.dtype))
-
-  def update(grad_UxW, param_UxW, rows, step):
-    direction_UxW, acc_UxW = adagrad_math(grad_UxW, rows.sum_of_squares, eps)
-    lr = _common.lr_at(learning_rate, step).astype(param_UxW.dtype)
-    return param_UxW - lr * direction_UxW, AdagradRows(sum_of_squares=acc_UxW)
-
-  return SparseOptimizer(init, update)

@@ -15,12 +15,14 @@ mom_decay=0.99, epsilon=1e-6, weight_decay=0):
 m, v, c start at 0. v / c is a decayed *average* of g^2 (with ada_decay = 1 it
 is the running mean), so recent gradients weigh more than in AdaGrad.
 
-State layout: Monolith keeps c per coordinate, but in the dense transform every
-coordinate of a leaf is updated at every step, so all its c are equal; we keep
-one scalar c per leaf (same numbers, less memory). In the sparse (row-wise)
-path c is per row, shape (N, 1), and counts the decayed updates *that row* has
-received: the application is lazy, i.e. an untouched row's m, v, c are frozen
-(not decayed) until the row is touched again.
+State layout: Monolith keeps c per coordinate; all coordinates of a row are
+updated together, so their c are equal and we keep one c per row (the leading
+axis: shape (R, 1, ..., 1) for an (R, ...) leaf, (R,) for a 1-D leaf, () for a
+scalar; :func:`rectrain.optim._common.row_stat_shape`). Densely every row is
+updated at every step, so all c of a leaf are equal (the same numbers as
+Monolith's). Row-wise on a table (:mod:`rectrain.optim.sparse`) c counts the
+decayed updates *that row* has received: the application is lazy, i.e. an
+untouched row's m, v, c are frozen (not decayed) until it is touched again.
 """
 
 from __future__ import annotations
@@ -32,14 +34,13 @@ import jax.numpy as jnp
 import optax
 
 from rectrain.optim import _common
-from rectrain.optim.sparse import SparseOptimizer
 
 
 def adamom_math(g, w, m, v, c, ada_decay, mom_decay, epsilon, weight_decay,
                 eps_inside_sqrt):
   """One AdaMom step; returns ``(direction, m, v, c)`` (direction to be scaled by -lr).
 
-  ``c`` may be a scalar (dense) or broadcastable per-row (sparse, (U, 1)).
+  ``c`` is per row, broadcastable against ``g`` (e.g. (U, 1) for (U, W)).
   """
   g = g + weight_decay * w
   new_m = mom_decay * m + (1.0 - mom_decay) * g
@@ -63,7 +64,7 @@ def _check(ada_decay, mom_decay, epsilon, weight_decay):
 class ScaleByAdamomState(NamedTuple):
   m: Any  # like params
   v: Any  # like params
-  c: Any  # one float scalar per leaf
+  c: Any  # per leaf: one per row, shape row_stat_shape(leaf.shape)
 
 
 def scale_by_adamom(ada_decay: float = 0.9999, mom_decay: float = 0.99,
@@ -77,7 +78,8 @@ def scale_by_adamom(ada_decay: float = 0.9999, mom_decay: float = 0.99,
     return ScaleByAdamomState(
         m=jax.tree.map(jnp.zeros_like, params),
         v=jax.tree.map(jnp.zeros_like, params),
-        c=jax.tree.map(lambda p: jnp.zeros([], p.dtype), params))
+        c=jax.tree.map(lambda p: jnp.zeros(_common.row_stat_shape(p.shape), p.dtype),
+                       params))
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -100,29 +102,3 @@ def adamom(learning_rate: _common.ScalarOrSchedule = 5e-6, ada_decay: float = 0.
   return optax.chain(
       scale_by_adamom(ada_decay, mom_decay, epsilon, weight_decay, eps_inside_sqrt),
       optax.scale_by_learning_rate(learning_rate))
-
-
-class AdamomRows(NamedTuple):
-  m: jax.Array  # (N, W)
-  v: jax.Array  # (N, W)
-  c: jax.Array  # (N, 1), per-row decayed update count
-
-
-def adamom_sparse(learning_rate: _common.ScalarOrSchedule = 5e-6, ada_decay: float = 0.9999,
-                  mom_decay: float = 0.99, epsilon: float = 1e-6, weight_decay: float = 0.0,
-                  eps_inside_sqrt: bool = True) -> SparseOptimizer:
-  """Lazy row-wise AdaMom: untouched rows keep m, v, c frozen (no decay)."""
-  _check(ada_decay, mom_decay, epsilon, weight_decay)
-
-  def init(table_NxW):
-    return AdamomRows(m=jnp.zeros_like(table_NxW), v=jnp.zeros_like(table_NxW),
-                      c=jnp.zeros((table_NxW.shape[0], 1), table_NxW.dtype))
-
-  def update(grad_UxW, param_UxW, rows, step):
-    direction_UxW, m, v, c = adamom_math(grad_UxW, param_UxW, rows.m, rows.v, rows.c,
-                                         ada_decay, mom_decay, epsilon, weight_decay,
-                                         eps_inside_sqrt)
-    lr = _common.lr_at(learning_rate, step).astype(param_UxW.dtype)
-    return param_UxW - lr * direction_UxW, AdamomRows(m=m, v=v, c=c)
-
-  return SparseOptimizer(init, update)

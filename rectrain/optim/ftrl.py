@@ -37,7 +37,6 @@ import jax.numpy as jnp
 import optax
 
 from rectrain.optim import _common
-from rectrain.optim.sparse import SparseOptimizer
 
 
 def _pow_neg(x, learning_rate_power):
@@ -93,6 +92,13 @@ def ftrl(learning_rate: _common.ScalarOrSchedule,
   returned update is ``new_w - w`` and ``update`` needs ``params``. With
   ``optax.apply_updates`` coordinates with |z| <= l1 become exactly 0.
 
+  Row-wise on a table (:mod:`rectrain.optim.sparse`) untouched rows are
+  skipped. Under the dense rule a zero gradient leaves (z, n) unchanged and
+  recomputes w from them, a no-op for a weight already produced by FTRL (or
+  one that starts at 0, the usual FTRL initialisation) when l2_shrinkage = 0;
+  so skipping untouched rows equals the dense rule in that case (TF's
+  SparseApplyFtrlV2 also skips them).
+
   Args:
     learning_rate: alpha, a float or a schedule of the step count.
     learning_rate_power: p <= 0; -0.5 is AdaGrad-like, 0 a fixed rate.
@@ -124,38 +130,3 @@ def ftrl(learning_rate: _common.ScalarOrSchedule,
     return deltas, FtrlState(count=_common.safe_int32_increment(state.count), z=z, n=n)
 
   return optax.GradientTransformation(init_fn, update_fn)
-
-
-class FtrlRows(NamedTuple):
-  z: jax.Array  # (N, W)
-  n: jax.Array  # (N, W)
-
-
-def ftrl_sparse(learning_rate: _common.ScalarOrSchedule,
-                learning_rate_power: float = -0.5,
-                initial_accumulator_value: float = 0.1,
-                l1: float = 0.0,
-                l2: float = 0.0,
-                l2_shrinkage: float = 0.0,
-                beta: float = 0.0) -> SparseOptimizer:
-  """FTRL-Proximal on table rows (same math as :func:`ftrl`); state z, n of shape (N, W).
-
-  FTRL has no decaying statistics. Under the dense rule a zero gradient leaves
-  (z, n) unchanged and recomputes w from them, which is a no-op for a weight
-  already produced by FTRL (or one that starts at 0, the usual FTRL
-  initialisation) when l2_shrinkage = 0; so skipping untouched rows equals the
-  dense rule in that case. (TF's SparseApplyFtrlV2 also skips them.)
-  """
-  _check(learning_rate_power, initial_accumulator_value, l1, l2, l2_shrinkage, beta)
-
-  def init(table_NxW):
-    return FtrlRows(z=jnp.zeros_like(table_NxW),
-                    n=jnp.full(table_NxW.shape, initial_accumulator_value, table_NxW.dtype))
-
-  def update(grad_UxW, param_UxW, rows, step):
-    lr = _common.lr_at(learning_rate, step).astype(param_UxW.dtype)
-    new_param_UxW, z_UxW, n_UxW = ftrl_math(grad_UxW, param_UxW, rows.z, rows.n, lr,
-                                            learning_rate_power, l1, l2, l2_shrinkage, beta)
-    return new_param_UxW, FtrlRows(z=z_UxW, n=n_UxW)
-
-  return SparseOptimizer(init, update)

@@ -1,4 +1,4 @@
-"""Online gradient descent (OGD) and plain SGD.
+"""Online gradient descent (OGD).
 
 OGD (Zinkevich 2003; the baseline in McMahan et al. 2013, "Ad Click Prediction:
 a View from the Trenches"): with t = step + 1 the 1-based step,
@@ -8,7 +8,8 @@ a View from the Trenches"): with t = step + 1 the 1-based step,
 ``l1 * sign(w)`` is a subgradient of ``l1 * |w|``; as the domain notes, it
 rarely produces exact zeros (that is what FTRL's proximal step is for).
 
-In the sparse path t is the *global* step (the schedule is global, not per row).
+Row-wise on a table t counts the table's updates (a global count, not per row).
+Plain SGD is ``optax.sgd``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import jax.numpy as jnp
 import optax
 
 from rectrain.optim import _common
-from rectrain.optim.sparse import SparseOptimizer
 
 
 def ogd_math(g, w, step, l1):
@@ -54,34 +54,3 @@ def scale_by_ogd(l1: float = 0.0) -> optax.GradientTransformation:
 def ogd(learning_rate: _common.ScalarOrSchedule, l1: float = 0.0) -> optax.GradientTransformation:
   """OGD: ``w <- w - lr/sqrt(t) * (g + l1 * sign(w))``, t the 1-based step."""
   return optax.chain(scale_by_ogd(l1), optax.scale_by_learning_rate(learning_rate))
-
-
-def ogd_sparse(learning_rate: _common.ScalarOrSchedule, l1: float = 0.0) -> SparseOptimizer:
-  """OGD on table rows (stateless; t is the global step + 1)."""
-  _common.check_positive("l1", l1, allow_zero=True)
-
-  def init(table_NxW):
-    del table_NxW
-    return ()
-
-  def update(grad_UxW, param_UxW, rows, step):
-    del rows
-    lr = _common.lr_at(learning_rate, step).astype(param_UxW.dtype)
-    return param_UxW - lr * ogd_math(grad_UxW, param_UxW, step, l1), ()
-
-  return SparseOptimizer(init, update)
-
-
-def sgd_sparse(learning_rate: _common.ScalarOrSchedule) -> SparseOptimizer:
-  """Plain SGD on table rows: ``w <- w - lr * g`` (stateless); matches optax.sgd."""
-
-  def init(table_NxW):
-    del table_NxW
-    return ()
-
-  def update(grad_UxW, param_UxW, rows, step):
-    del rows
-    lr = _common.lr_at(learning_rate, step).astype(param_UxW.dtype)
-    return param_UxW - lr * grad_UxW, ()
-
-  return SparseOptimizer(init, update)

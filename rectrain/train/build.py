@@ -12,19 +12,41 @@ import ml_collections
 import optax
 
 from rectrain.models import build_model, count_params, init_tables
-from rectrain.optim import get_optimizer, get_sparse_optimizer
+from rectrain.optim import SparseOptimizer, get_optimizer
 from rectrain.train.step import init_train_state
 
 
 
-def _opt_kwargs(section) -> tuple[str, dict]:
+def _opt_kwargs(section) -> tuple[str, dict, dict]:
+  """``(name, the factory's arguments, the chain keys)`` of an optimizer section."""
   d = section.to_dict() if isinstance(section, ml_collections.ConfigDict) else dict(section)
   name = d.pop("name")
   warmup = d.pop("warmup_steps", 0)
   if warmup and "learning_rate" in d and not callable(d["learning_rate"]):
     # Linear warm-up from 0 to the learning rate over the first warmup_steps updates.
     d["learning_rate"] = optax.linear_schedule(0.0, float(d["learning_rate"]), int(warmup))
-  return name, d
+  chain = {k: d.pop(k) for k in ("clip_norm", "decoupled_weight_decay") if k in d}
+  return name, d, chain
+
+
+def chained(tx: optax.GradientTransformation, clip_norm: float = 0.0,
+            decoupled_weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """``tx`` with the optimizer sections' chain keys around it (0 leaves a key off).
+
+  ``clip_norm``: gradients clipped to this global L2 norm before ``tx``
+  (``optax.clip_by_global_norm``; on a table, the norm of the touched rows'
+  gradient, which is the whole table's). ``decoupled_weight_decay`` d: after
+  ``tx``'s update, ``w <- w - d * w`` (AdamW-style, independent of the
+  learning rate; on a table only touched rows decay, i.e. lazily).
+  """
+  for key, value in (("clip_norm", clip_norm), ("decoupled_weight_decay", decoupled_weight_decay)):
+    if not isinstance(value, (int, float)) or value < 0:
+      raise ValueError(f"{key} must be a number >= 0, got {value!r}")
+  if clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(float(clip_norm)), tx)
+  if decoupled_weight_decay:
+    tx = optax.chain(tx, optax.add_decayed_weights(-float(decoupled_weight_decay)))
+  return tx
 
 
 BIAS = "bias"
@@ -52,9 +74,9 @@ def build_optimizers(config, table_names):
   ``optim.dense``; ``name=""`` leaves it to ``optim.dense``.
   """
   def build(factory, section, key):
-    name, kw = _opt_kwargs(section)
+    name, kw, chain = _opt_kwargs(section)
     try:
-      return factory(name, **kw)
+      return chained(factory(name, **kw), **chain)
     except (TypeError, ValueError, KeyError) as e:
       raise ValueError(f"config {key}: {e}") from None
 
@@ -70,7 +92,7 @@ def build_optimizers(config, table_names):
   sparse = {}
   for table in table_names:
     key, section = table_section(table)
-    sparse[table] = build(get_sparse_optimizer, section, key)
+    sparse[table] = SparseOptimizer(build(get_optimizer, section, key))
   unknown = set(config.optim.tables.keys()) - set(table_names)
   if unknown:
     raise KeyError(f"config optim.tables names tables {sorted(unknown)} that the model "

@@ -81,7 +81,12 @@ def save_checkpoint(workdir: str, batches: int, state, meta: dict, keep: int = 2
 PARTIAL = ".partial"  # suffix of a checkpoint being written
 
 
-FORMAT = 2  # 2: meta.json carries the manifest
+# 2: meta.json carries the manifest. 3: a table's optimizer state is the optax
+# state of its transform (rectrain.optim.sparse), e.g. rowwise_adagrad's
+# (ScaleByRowwiseAdagradState(accumulator), EmptyState()) instead of format 2's
+# RowwiseAdagradRows(accumulator).
+FORMAT = 3
+RESTORES = (3,)  # formats this code resumes from (warm starts read any format)
 MANIFEST = "manifest"
 _CHUNK = 1 << 22
 
@@ -175,10 +180,31 @@ def latest_checkpoint(workdir: str) -> str | None:
   return None
 
 
+def checkpoint_format(path: str) -> int:
+  """The format checkpoint ``path`` was written in (1: no ``checkpoint_format`` in meta.json)."""
+  with open(os.path.join(path, "meta.json")) as f:
+    return int(json.load(f).get("checkpoint_format", 1))
+
+
+def check_format(path: str) -> None:
+  """Raises ValueError (one line, naming the formats) unless ``path`` can be resumed."""
+  fmt = checkpoint_format(path)
+  if fmt in RESTORES:
+    return
+  if fmt > FORMAT:
+    raise ValueError(f"{path}: checkpoint format {fmt} was written by a newer rectrain; this "
+                     f"one resumes format {FORMAT}: update rectrain")
+  raise ValueError(f"{path}: checkpoint format {fmt} (table optimizer state before rectrain's "
+                   f"optax row-wise tables); this rectrain resumes format {FORMAT} only: start "
+                   "the run in a new workdir, or take its weights with "
+                   f"train.warm_start.path={os.path.dirname(os.path.dirname(path)) or path}")
+
+
 def restore_checkpoint(path: str, like_state) -> tuple[Any, dict]:
   """Restores a TrainState shaped like ``like_state`` and its meta dict."""
   if not os.path.isfile(os.path.join(path, "meta.json")):
     raise FileNotFoundError(f"not a complete rectrain checkpoint: {path}")
+  check_format(path)
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like_state)
   state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"), abstract)
   with open(os.path.join(path, "meta.json")) as f:

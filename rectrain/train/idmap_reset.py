@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from rectrain.data.idmap import RESET_KEYS
+from rectrain.optim import reset_state_rows
 
 
 def reset_rows(tables, table_opt_state, rows_R, gen_R, specs, sparse_opts, key):
@@ -24,7 +25,8 @@ def reset_rows(tables, table_opt_state, rows_R, gen_R, specs, sparse_opts, key):
   ``fold_in(fold_in(fold_in(key, i), r), gen)``, so the values are a pure
   function of (key, table, row, generation) and a reused row never repeats
   its previous initial value. Its optimizer state becomes
-  ``sparse_opts[name].init(fresh_rows)``, the state of a fresh row. Padding
+  ``sparse_opts[name].init(fresh_rows)``, the state of a fresh row (the
+  optimizer's global leaves, its step count, are kept). Padding
   entries (``rows_R == N``) write nothing. Jittable; cost O(R * W).
 
   Returns:
@@ -49,9 +51,8 @@ def reset_rows(tables, table_opt_state, rows_R, gen_R, specs, sparse_opts, key):
         draw = lambda k: scale * jax.random.truncated_normal(k, -2.0, 2.0, (spec.dim,), table.dtype)
       fresh = jax.vmap(draw)(keys)
     new_tables[spec.name] = table.at[rows_R].set(fresh, mode="drop")
-    fresh_state = sparse_opts[spec.name].init(fresh)
-    new_opt[spec.name] = jax.tree.map(lambda x, s: x.at[rows_R].set(s.astype(x.dtype), mode="drop"),
-                                      table_opt_state[spec.name], fresh_state)
+    new_opt[spec.name] = reset_state_rows(sparse_opts[spec.name], table_opt_state[spec.name],
+                                          rows_R, fresh, table.shape[0])
   return new_tables, new_opt
 
 

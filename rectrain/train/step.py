@@ -94,7 +94,8 @@ def apply_gradients(state: TrainState, g_dense, g_rows, unique_U, ok, dense_opt,
   ``g_rows[name]`` is the gradient w.r.t. the rows ``unique_U`` of table
   ``name``. A skipped batch (or a frozen group) keeps parameters and optimizer
   state: dense leaves are selected with ``where``, and the tables scatter
-  nothing because every id becomes the (dropped) padding id.
+  nothing because every id becomes the (dropped) padding id (their optimizers'
+  global leaves, the step count, are kept too).
   """
   keep = lambda new, old: jnp.where(ok & train_dense, new, old)
   updates, new_opt = dense_opt.update(g_dense, state.dense_opt_state, state.dense_params)
@@ -103,11 +104,13 @@ def apply_gradients(state: TrainState, g_dense, g_rows, unique_U, ok, dense_opt,
   new_opt = jax.tree_util.tree_map(keep, new_opt, state.dense_opt_state)
 
   num_rows = next(iter(state.tables.values())).shape[0] if state.tables else 0
-  ids_U = jnp.where(ok & train_tables, unique_U, num_rows)
+  applied = ok & train_tables
+  ids_U = jnp.where(applied, unique_U, num_rows)
   new_tables, new_table_opt = {}, {}
   for name, table in state.tables.items():
     new_tables[name], new_table_opt[name] = sparse_apply(
-        sparse_opts[name], table, state.table_opt_state[name], ids_U, g_rows[name], state.step)
+        sparse_opts[name], table, state.table_opt_state[name], ids_U, g_rows[name],
+        applied=applied)
   return TrainState(
       step=state.step + ok.astype(jnp.int32),
       dense_params=new_dense,
