@@ -109,8 +109,26 @@ def test_checkpoint_of_four_devices_resumes_on_fewer(runs, name, shards):
 def test_refused_configs_name_the_keys(runs):
   errors = json.loads((runs / "errors.json").read_text())
   assert "data.batch_size=510" in errors["batch"] and "mesh.shape=(4, 1)" in errors["batch"]
-  assert "idmap.enabled" in errors["idmap"]
   assert "train.async_sim.enabled=True" in errors["async"]  # learn=False now runs on a mesh
+
+
+def _assert_same_idmap_run(got, base, tail_rows=None):
+  _assert_same_run(got, base, tail_rows)
+  assert float(got["idmap_hit_rate"]) == float(base["idmap_hit_rate"])
+  assert int(got["idmap_evicted"]) == int(base["idmap_evicted"]) > 0   # rows were reused
+
+
+@pytest.mark.parametrize("name", ["idmap_m41", "idmap_m22"])
+def test_idmap_on_a_mesh_matches_one_device(runs, name):
+  base, got = _load(runs, "idmap_base"), _load(runs, name)
+  _assert_same_idmap_run(got, base)
+  assert int(got["table_rows"]) % 128 == 0 and int(got["table_rows"]) >= int(base["table_rows"])
+
+
+def test_idmap_on_a_mesh_resumes_from_its_checkpoint(runs):
+  # the map's state (idmap.npz) and the sharded tables from the checkpoint after 8 batches
+  _assert_same_idmap_run(_load(runs, "idmap_resume4"), _load(runs, "idmap_base"),
+                         tail_rows=8192 - 2560)
 
 
 def test_two_processes_match_one(runs, two_processes):
@@ -129,3 +147,7 @@ def test_two_processes_match_one(runs, two_processes):
              for line in (tmp_path / "mp_run" / "metrics.jsonl").read_text().splitlines()]
   rows = [w["end_row"] for w in windows if w["window"] == "rows" and w["slice"] is None]
   assert rows == [4096, 8192]   # once each: process 1 wrote nothing
+  # the id map over two processes: the same run, its state saved with each checkpoint
+  _assert_same_idmap_run(_load(tmp_path, "idmap_mp"), _load(runs, "idmap_base"))
+  for name in os.listdir(tmp_path / "idmap_mp_run" / "checkpoints"):
+    assert (tmp_path / "idmap_mp_run" / "checkpoints" / name / "idmap.npz").is_file()

@@ -74,8 +74,8 @@ from rectrain.optim import (SparseOptimizer, StaleParams, delay_compensation as 
                             stale_params_get, stale_params_init)
 from rectrain.optim.delay import delay_compensation_math
 from rectrain.optim.sparse import gather_rows, scatter_rows
-from rectrain.train.step import (StepOutput, TrainState, apply_gradients, make_forward,
-                                 weighted_logloss)
+from rectrain.train.step import (StepOutput, TrainState, all_finite, apply_gradients,
+                                 make_forward, make_grad_fn, step_output, weighted_logloss)
 from rectrain.config_sections import async_config_defaults  # noqa: F401 - defined there (no jax)
 
 PyTree = Any
@@ -316,12 +316,7 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
   dc = dc_transform(**dc_opts) if dc_opts is not None else None
 
   forward = make_forward(model)
-
-  def objective(dense_params, rows_U, batch):
-    logits_B = forward(dense_params, rows_U, batch)
-    return loss_fn(logits_B, batch["label"], batch["weight"]), logits_B
-
-  grad_fn = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
+  grads = make_grad_fn(model, loss_fn)  # the one objective and gradient (train/step.py)
 
   def init_fn(train_state: TrainState, max_unique_: Optional[int] = None) -> AsyncState:
     width_u = max_unique_ if max_unique_ is not None else max_unique
@@ -363,7 +358,7 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
       tau_t = jnp.zeros((), jnp.int32)
       dense_stale, rows_stale_U = state.dense_params, rows_now_U
 
-    (loss, logits_B), (g_dense, g_rows) = grad_fn(dense_stale, rows_stale_U, batch)
+    loss, logits_B, g_dense, g_rows = grads(dense_stale, rows_stale_U, batch)
 
     new_dc_dense, ms_rows_new = astate.dc_dense, None
     if dc is not None:
@@ -379,9 +374,7 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
             dc_opts["eps"])
       g_rows = g_rows_dc
 
-    finite = [jnp.isfinite(loss)]
-    finite += [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves((g_dense, g_rows))]
-    ok = jnp.all(jnp.stack(finite))
+    ok = all_finite(loss, g_dense, g_rows)
     keep = lambda new, old: jnp.where(ok, new, old)
     new_train = apply_gradients(state, g_dense, g_rows, unique_U, ok, dense_opt, sparse_opts,
                                 train_dense, train_tables)
@@ -403,8 +396,7 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
     new_astate = AsyncState(train=new_train, dense_history=dense_history,
                             row_history=row_history, dc_dense=dc_dense, dc_rows=dc_rows,
                             tau=tau_t)
-    return new_astate, StepOutput(jax.nn.sigmoid(logits_B), loss, ok,
-                                  optax.tree.norm(g_dense), optax.tree.norm(g_rows))
+    return new_astate, step_output(logits_B, loss, ok, g_dense, g_rows)
 
   return init_fn, step_fn
 

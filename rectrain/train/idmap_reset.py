@@ -14,9 +14,11 @@ import jax.numpy as jnp
 
 from rectrain.data.idmap import RESET_KEYS
 from rectrain.optim import reset_state_rows
+from rectrain.train.step import LOCAL, Placement
 
 
-def reset_rows(tables, table_opt_state, rows_R, gen_R, specs, sparse_opts, key):
+def reset_rows(tables, table_opt_state, rows_R, gen_R, specs, sparse_opts, key,
+               placement: Placement = LOCAL):
   """Writes fresh initial values into rows ``rows_R`` of every table and its state.
 
   Row ``r`` of table ``i`` (``specs[i]``) gets a fresh draw from the table's
@@ -28,6 +30,9 @@ def reset_rows(tables, table_opt_state, rows_R, gen_R, specs, sparse_opts, key):
   ``sparse_opts[name].init(fresh_rows)``, the state of a fresh row (the
   optimizer's global leaves, its step count, are kept). Padding
   entries (``rows_R == N``) write nothing. Jittable; cost O(R * W).
+  ``placement`` (rectrain/train/step.py) maps the global rows to this device's
+  rows: on row-sharded tables each device resets the rows it holds, with the
+  same values as on one device.
 
   Returns:
     ``(new_tables, new_table_opt_state)``.
@@ -37,6 +42,7 @@ def reset_rows(tables, table_opt_state, rows_R, gen_R, specs, sparse_opts, key):
   gen_R = jnp.asarray(gen_R, jnp.int32)
   for i, spec in enumerate(specs):
     table = tables[spec.name]
+    local_R = placement.local_ids(table.shape[0], rows_R)
     scale = float(spec.init_scale)
     shape = (rows_R.shape[0], spec.dim)
     if scale == 0.0:
@@ -50,14 +56,14 @@ def reset_rows(tables, table_opt_state, rows_R, gen_R, specs, sparse_opts, key):
       else:
         draw = lambda k: scale * jax.random.truncated_normal(k, -2.0, 2.0, (spec.dim,), table.dtype)
       fresh = jax.vmap(draw)(keys)
-    new_tables[spec.name] = table.at[rows_R].set(fresh, mode="drop")
+    new_tables[spec.name] = table.at[local_R].set(fresh, mode="drop")
     new_opt[spec.name] = reset_state_rows(sparse_opts[spec.name], table_opt_state[spec.name],
-                                          rows_R, fresh, table.shape[0])
+                                          local_R, fresh, table.shape[0])
   return new_tables, new_opt
 
 
 
-def with_row_reset(step, specs, sparse_opts, key):
+def with_row_reset(step, specs, sparse_opts, key, placement: Placement = LOCAL):
   """Wraps a train step so that it first resets the batch's ``reset_rows``.
 
   ``step(state, batch)`` is :func:`rectrain.train.step.make_train_step`'s step
@@ -69,7 +75,7 @@ def with_row_reset(step, specs, sparse_opts, key):
 
   def reset_train(train, batch):
     tables, opt = reset_rows(train.tables, train.table_opt_state, batch["reset_rows"],
-                             batch["reset_gen"], specs, sparse_opts, key)
+                             batch["reset_gen"], specs, sparse_opts, key, placement)
     return train._replace(tables=tables, table_opt_state=opt)
 
   def wrapped(state, batch):

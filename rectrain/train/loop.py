@@ -39,7 +39,7 @@ from rectrain.train.async_sim import AsyncState, make_async_train_step_from_conf
 from rectrain.train import serving as serving_lib
 from rectrain.train import sharding as sh
 from rectrain.train.idmap_reset import with_row_reset
-from rectrain.train.step import make_multi_step, make_train_step
+from rectrain.train.step import LOCAL, make_multi_step, make_train_step
 from rectrain.train.build import bias_labels, build_optimizers, create_model_and_state  # noqa: F401
 from rectrain.train.loop_features import (_IdMapWindows, _idmap_checkpoint, _idmap_enabled,
                                           _idmap_restore, _idmap_summary, _make_windows,
@@ -68,6 +68,16 @@ def _grouped(batches: Iterator[dict], k: int, done: int = 0) -> Iterator[tuple[i
   """Stacks up to ``k`` consecutive batches; yields (count, stacked); an input
   fault ends it with a group marked ``faults.FAULT`` (rectrain/train/faults.py)."""
   return faults.grouped(batches, k, _stack, done)
+
+
+def _repad(batches: Iterator[dict], num_rows: int, table_rows: int) -> Iterator[dict]:
+  """The id map's padding id (its ``num_rows``) as the padded table's (``table_rows``,
+  a sharded run), so that padding never names a row of the table."""
+  for b in batches:
+    if table_rows != num_rows:
+      for key in ("unique", "reset_rows"):
+        b[key] = np.where(b[key] == num_rows, table_rows, b[key]).astype(b[key].dtype)
+    yield b
 
 
 def _skip(batches: Iterator[dict], n: int) -> Iterator[dict]:
@@ -146,7 +156,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   learn = bool(config.train.get("learn", True))
   if mesh is None:
     step_fn = make_train_step(model, dense_opt, sparse_opts, train_dense=learn, train_tables=learn)
-  else:  # async / id map / serving are refused by _run_mesh (loop_mesh.py)
+  else:  # async / serving are refused by _run_mesh (loop_mesh.py)
     step_fn = sh.make_sharded_train_step(model, dense_opt, sparse_opts, train_dense=learn,
                                          train_tables=learn)
   if config.train.async_sim.enabled:
@@ -157,7 +167,8 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     state = async_init(state)  # before restore: it is the checkpoint template
   if im is not None:  # reset (re)assigned rows and their optimizer state before each step
     step_fn = with_row_reset(step_fn, model.table_specs(), sparse_opts,
-                                       jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
+                             jax.random.fold_in(jax.random.PRNGKey(config.seed), 1),
+                             LOCAL if mesh is None else sh.SHARDED)
   serving = config.get("serving", None)
   schedules = None
   if serving_lib.serving_enabled(serving):  # predictions from a served copy, synced on event time
@@ -236,7 +247,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     groups = _grouped(source, k, batches_done)
   else:  # skipped batches were seen by the restored map: remap after the skip
     groups = idmap_lib.with_state_snapshots(
-        _grouped(idmap_lib.with_idmap(source, im), k, batches_done), im,
+        _grouped(_repad(idmap_lib.with_idmap(source, im), num_rows, table_rows), k, batches_done), im,
         config.train.checkpoint_every if workdir else 0, batches_done)
   groups = prefetch(groups, config.data.prefetch)
   total = config.data.max_rows or None

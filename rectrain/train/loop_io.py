@@ -102,15 +102,15 @@ def _save_checkpoint(workdir: str, batches: int, state, meta: dict, keep: int,
   """:func:`rectrain.train.checkpoint.save_checkpoint`, also for several processes.
 
   With several processes every process writes its shards (orbax) and process
-  0 the directory, ``meta.json`` (last) and the pruning of old checkpoints.
+  0 the directory, the extra files (the id map's state, the same on every
+  process: each remaps the whole global batch), ``meta.json`` (last) and the
+  pruning of old checkpoints.
   """
   if jax.process_count() == 1:
     return ckpt.save_checkpoint(workdir, batches, state, meta, keep=keep, extra_files=extra_files)
   import shutil
   import orbax.checkpoint as ocp
   from jax.experimental import multihost_utils
-  if extra_files:
-    raise ValueError("several processes: checkpoints with extra files are not supported")
   path = os.path.join(ckpt._dir(workdir), f"{batches:012d}")
   main = jax.process_index() == 0
   if main:
@@ -123,6 +123,8 @@ def _save_checkpoint(workdir: str, batches: int, state, meta: dict, keep: int,
   checkpointer.wait_until_finished()
   multihost_utils.sync_global_devices(f"rectrain checkpoint {batches} state")
   if main:
+    for name, write in (extra_files or {}).items():
+      write(os.path.join(path, name))
     ckpt.write_meta(path, meta)
     for old in ckpt._complete(workdir)[:-keep] if keep > 0 else []:
       shutil.rmtree(old, ignore_errors=True)

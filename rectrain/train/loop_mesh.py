@@ -11,7 +11,6 @@ import numpy as np
 from rectrain.train import distributed as dist
 from rectrain.train import serving as serving_lib
 from rectrain.train import sharding as sh
-from rectrain.train.loop_features import _idmap_enabled
 
 
 
@@ -49,8 +48,6 @@ def _run_mesh(config):
     refused.append("train.async_sim.enabled=True")
   if serving_lib.serving_enabled(config.get("serving", None)):
     refused.append("serving.sync_tables_s / sync_dense_s / freeze_after_s (a served copy)")
-  if _idmap_enabled(config):
-    refused.append("idmap.enabled=True")
   if refused:
     raise ValueError(f"config mesh.shape={shape} ({devices} devices) does not work with "
                      f"{'; '.join(refused)} yet: set mesh.shape=(1, 1) or turn these off")
@@ -61,15 +58,16 @@ def _batch_placer(mesh, keys):
   """``place(stacked host batches) -> device arrays`` sharded over ``data``.
 
   With several processes each places rows ``p::H`` of every global batch
-  (:func:`rectrain.train.distributed.host_rows`); ``unique`` (of the whole
-  batch, the same on every host) is replicated.
+  (:func:`rectrain.train.distributed.host_rows`); the per-batch keys
+  (:data:`rectrain.train.sharding.REPLICATED_KEYS`: ``unique`` of the whole
+  batch, the id map's reset rows; the same on every host) are replicated.
   """
   shardings = sh.batch_shardings(mesh, keys, stacked=True)
   hosts, me = jax.process_count(), jax.process_index()
 
   def place(batches):
     if hosts > 1:
-      batches = {k: v if k == "unique" else v[:, me::hosts] for k, v in batches.items()}
+      batches = {k: v if k in sh.REPLICATED_KEYS else v[:, me::hosts] for k, v in batches.items()}
     return dist.put_local(batches, shardings)
 
   return place

@@ -47,8 +47,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rectrain.optim import SparseOptimizer
-from rectrain.train.step import (StepOutput, TrainState, apply_gradients, make_forward,
-                                 weighted_logloss)
+from rectrain.train.step import (Placement, StepOutput, TrainState, make_predict_fn,
+                                 make_train_step, weighted_logloss)
 from rectrain.config_sections import mesh_config_defaults  # noqa: F401 - defined there (no jax)
 
 AXES = ("data", "model")
@@ -128,14 +128,50 @@ def shard_state(state: TrainState, mesh: Mesh, num_rows: int) -> TrainState:
   return jax.device_put(state, state_shardings(state, mesh, num_rows))
 
 
+# Device keys of a batch that are per batch, not per row: replicated, not split over
+# ``data`` (the batch's distinct ids; the id map's rows to reset; the serving
+# copy's sync flags).
+REPLICATED_KEYS = frozenset({"unique", "reset_rows", "reset_gen", "sync_tables", "sync_dense"})
+
+
 def batch_specs(keys: Sequence[str], stacked: bool = True) -> Dict[str, P]:
-  """Per device key: batch axis over ``data``; ``unique`` replicated."""
+  """Per device key: batch axis over ``data``; :data:`REPLICATED_KEYS` replicated."""
   lead = (None,) if stacked else ()
-  return {k: P(*lead) if k == "unique" else P(*lead, "data") for k in keys}
+  return {k: P(*lead) if k in REPLICATED_KEYS else P(*lead, "data") for k in keys}
 
 
 def batch_shardings(mesh: Mesh, keys: Sequence[str], stacked: bool = True):
   return {k: NamedSharding(mesh, s) for k, s in batch_specs(keys, stacked).items()}
+
+
+def owned_ids(rows_local: int, ids):
+  """Inside ``shard_map``: global row ids as ids into this device's ``rows_local``
+  rows (it owns ``[d rows_local, (d+1) rows_local)``), ``rows_local`` elsewhere."""
+  first = jax.lax.axis_index(AXES) * rows_local
+  owned = (ids >= first) & (ids < first + rows_local)
+  return jnp.where(owned, ids - first, rows_local)   # rows_local: never read/written
+
+
+def data_share(batch):
+  """This device's share ``n_local / n`` of the global batch's weighted rows."""
+  n_local = jnp.sum((batch["weight"] > 0).astype(jnp.float32))
+  n_global = jax.lax.psum(n_local, "data")
+  return n_local / jnp.maximum(n_global, 1.0)
+
+
+def _psum_mesh(tree):
+  return jax.lax.psum(tree, AXES)
+
+
+def _psum_data(tree):
+  return jax.lax.psum(tree, "data")
+
+
+# Row-sharded tables, data-parallel batch (inside shard_map over AXES): each
+# device gathers the rows it owns (zeros elsewhere) and one psum over the mesh
+# assembles U x W rows everywhere; gradients are summed over ``data``.
+SHARDED = Placement(local_ids=owned_ids, combine=_psum_mesh, loss_scale=data_share,
+                    reduce=_psum_data)
 
 
 def make_sharded_train_step(model, dense_opt: optax.GradientTransformation,
@@ -144,45 +180,13 @@ def make_sharded_train_step(model, dense_opt: optax.GradientTransformation,
                             train_tables: bool = True) -> Callable:
   """The per-device body of one step (runs inside ``shard_map`` over :data:`AXES`).
 
-  Same contract as :func:`rectrain.train.step.make_train_step`, with the
-  state's tables being this device's row shard and the batch this device's
-  rows (``unique`` global). See the module docstring for the collectives.
+  :func:`rectrain.train.step.make_train_step` on the :data:`SHARDED`
+  placement: the state's tables are this device's row shard and the batch
+  this device's rows (``unique`` global). See the module docstring for the
+  collectives.
   """
-  forward = make_forward(model)
-
-  def step(state: TrainState, batch):
-    some_table = next(iter(state.tables.values()))
-    rows_local = some_table.shape[0]
-    first = jax.lax.axis_index(AXES) * rows_local
-    unique_U = batch["unique"]
-    owned_U = (unique_U >= first) & (unique_U < first + rows_local)
-    local_U = jnp.where(owned_U, unique_U - first, rows_local)   # rows_local: never read/written
-    rows_U = {k: jax.lax.psum(t.at[local_U].get(mode="fill", fill_value=0), AXES)
-              for k, t in state.tables.items()}
-
-    n_local = jnp.sum((batch["weight"] > 0).astype(jnp.float32))
-    n_global = jax.lax.psum(n_local, "data")
-    scale = n_local / jnp.maximum(n_global, 1.0)
-
-    def objective(dense_params, rows):
-      logits_B = forward(dense_params, rows, batch)
-      return loss_fn(logits_B, batch["label"], batch["weight"]) * scale, logits_B
-
-    (loss_part, logits_B), (g_dense, g_rows) = jax.value_and_grad(
-        objective, argnums=(0, 1), has_aux=True)(state.dense_params, rows_U)
-    loss = jax.lax.psum(loss_part, "data")
-    g_dense = jax.lax.psum(g_dense, "data")
-    g_rows = jax.lax.psum(g_rows, "data")
-
-    finite = [jnp.isfinite(loss)]
-    finite += [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves((g_dense, g_rows))]
-    ok = jnp.all(jnp.stack(finite))
-    new_state = apply_gradients(state, g_dense, g_rows, local_U, ok, dense_opt, sparse_opts,
-                                train_dense, train_tables)
-    return new_state, StepOutput(jax.nn.sigmoid(logits_B), loss, ok,
-                                 optax.tree.norm(g_dense), optax.tree.norm(g_rows))
-
-  return step
+  return make_train_step(model, dense_opt, sparse_opts, loss_fn, train_dense, train_tables,
+                         placement=SHARDED)
 
 
 def make_sharded_multi_step(step: Callable, mesh: Mesh, state: TrainState, num_rows: int,
@@ -209,20 +213,8 @@ def make_sharded_multi_step(step: Callable, mesh: Mesh, state: TrainState, num_r
 def make_sharded_predict(model, mesh: Mesh, state: TrainState, num_rows: int,
                          keys: Sequence[str]) -> Callable:
   """``predict(dense_params, tables, batch) -> probabilities_B`` on the sharded tables."""
-  forward = make_forward(model)
   specs = state_specs(state, num_rows)
-
-  def predict(dense_params, tables, batch):
-    rows_local = next(iter(tables.values())).shape[0]
-    first = jax.lax.axis_index(AXES) * rows_local
-    unique_U = batch["unique"]
-    owned = (unique_U >= first) & (unique_U < first + rows_local)
-    local_U = jnp.where(owned, unique_U - first, rows_local)
-    rows_U = {k: jax.lax.psum(t.at[local_U].get(mode="fill", fill_value=0), AXES)
-              for k, t in tables.items()}
-    return jax.nn.sigmoid(forward(dense_params, rows_U, batch))
-
-  sharded = jax.shard_map(predict, mesh=mesh,
+  sharded = jax.shard_map(make_predict_fn(model, SHARDED), mesh=mesh,
                           in_specs=(specs.dense_params, specs.tables,
                                     batch_specs(keys, stacked=False)),
                           out_specs=P("data"), check_vma=False)

@@ -19,7 +19,7 @@ never O(N * W).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, NamedTuple
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +86,89 @@ def make_forward(model) -> Callable:
   return forward
 
 
+def _identity(tree):
+  return tree
+
+
+def _same_ids(num_local_rows, ids):
+  return ids
+
+
+class Placement(NamedTuple):
+  """Where a step's tables and batch live: the one row accessor of every step and feature.
+
+  The step (:func:`make_train_step`) and the features that read or write
+  table rows (the id map's row reset, the serving copy, the async row
+  history) only go through these, so they run unchanged on one device
+  (:data:`LOCAL`) and inside ``shard_map`` on row-sharded tables
+  (:data:`rectrain.train.sharding.SHARDED`).
+
+  Attributes:
+    local_ids: ``(local_rows, ids) -> ids``: global table row ids as ids into
+      this device's rows (``local_rows`` of them), ``local_rows`` (padding:
+      never read, never written) for rows another device holds.
+    combine: sums a tree over the devices that hold parts of the tables.
+    loss_scale: ``batch -> scalar``, this device's share of the global loss
+      (the objective is ``loss_fn(local) * scale``), or None: the whole batch.
+    reduce: sums a tree over the devices that hold parts of the batch.
+  """
+  local_ids: Callable = _same_ids
+  combine: Callable = _identity
+  loss_scale: Optional[Callable] = None
+  reduce: Callable = _identity
+
+  def rows(self, tables, unique_U):
+    """``(rows_U, ids_U)``: the rows ``unique_U`` of every table (whole, on every
+    device; padding reads zeros) and this device's local ids of them."""
+    if not tables:
+      return {}, unique_U
+    ids_U = self.local_ids(next(iter(tables.values())).shape[0], unique_U)
+    return self.combine(gather_rows(tables, ids_U)), ids_U
+
+
+LOCAL = Placement()
+
+
+def make_grad_fn(model, loss_fn: Callable = weighted_logloss,
+                 placement: Placement = LOCAL) -> Callable:
+  """The objective and its gradient, defined once for every step.
+
+  Returns ``grads(dense_params, rows_U, batch) -> (loss, logits_B, g_dense,
+  g_rows)``: the loss of the (global) batch at the given parameters (the
+  step's own, or stale ones in the async simulation), this device's logits,
+  and the gradients w.r.t. the dense parameters and the gathered rows
+  (duplicates within the batch summed by the gather's transpose), summed
+  over ``placement``'s devices.
+  """
+  forward = make_forward(model)
+
+  def objective(dense_params, rows_U, batch, scale):
+    logits_B = forward(dense_params, rows_U, batch)
+    loss = loss_fn(logits_B, batch["label"], batch["weight"])
+    return (loss if scale is None else loss * scale), logits_B
+
+  value_and_grad = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
+
+  def grads(dense_params, rows_U, batch):
+    scale = None if placement.loss_scale is None else placement.loss_scale(batch)
+    (loss, logits_B), (g_dense, g_rows) = value_and_grad(dense_params, rows_U, batch, scale)
+    return placement.reduce(loss), logits_B, placement.reduce(g_dense), placement.reduce(g_rows)
+
+  return grads
+
+
+def all_finite(loss, *trees) -> jax.Array:
+  """True when the loss and every leaf of ``trees`` are finite (else the step is skipped)."""
+  finite = [jnp.isfinite(loss)]
+  finite += [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(trees)]
+  return jnp.all(jnp.stack(finite))
+
+
+def step_output(logits_B, loss, ok, g_dense, g_rows) -> "StepOutput":
+  return StepOutput(jax.nn.sigmoid(logits_B), loss, ok, optax.tree.norm(g_dense),
+                    optax.tree.norm(g_rows))
+
+
 def apply_gradients(state: TrainState, g_dense, g_rows, unique_U, ok, dense_opt,
                     sparse_opts: Dict[str, SparseOptimizer], train_dense: bool = True,
                     train_tables: bool = True) -> TrainState:
@@ -124,36 +207,29 @@ def apply_gradients(state: TrainState, g_dense, g_rows, unique_U, ok, dense_opt,
 def make_train_step(model, dense_opt: optax.GradientTransformation,
                     sparse_opts: Dict[str, SparseOptimizer],
                     loss_fn: Callable = weighted_logloss, train_dense: bool = True,
-                    train_tables: bool = True) -> Callable:
-  """Returns ``step(state, batch) -> (state, StepOutput)`` (not jitted).
+                    train_tables: bool = True, placement: Placement = LOCAL) -> Callable:
+  """Returns ``step(state, batch) -> (state, StepOutput)`` (not jitted): the one step.
 
   ``batch`` holds device arrays ``label``, ``weight``, ``dense``, ``unique``,
   ``inverse`` (see rectrain/data/batch.py). A batch whose loss or gradients
   are not finite leaves the state untouched except ``nonfinite += 1``.
   ``train_dense=False`` / ``train_tables=False`` freeze the dense parameters /
   the tables (and their optimizer states), e.g. to fine-tune one group only.
+  ``placement`` says where the tables and the batch live (:data:`LOCAL`: one
+  device; :data:`rectrain.train.sharding.SHARDED`: row-sharded tables and a
+  data-parallel batch inside ``shard_map``); the objective, gradient,
+  finiteness check and update are the same (:func:`make_grad_fn`,
+  :func:`all_finite`, :func:`apply_gradients`).
   """
-  forward = make_forward(model)
-
-  def objective(dense_params, rows_U, batch):
-    logits_B = forward(dense_params, rows_U, batch)
-    return loss_fn(logits_B, batch["label"], batch["weight"]), logits_B
-
-  grad_fn = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
+  grads = make_grad_fn(model, loss_fn, placement)
 
   def step(state: TrainState, batch) -> tuple[TrainState, StepOutput]:
-    unique_U = batch["unique"]
-    rows_U = gather_rows(state.tables, unique_U)
-    (loss, logits_B), (g_dense, g_rows) = grad_fn(state.dense_params, rows_U, batch)
-
-    finite = [jnp.isfinite(loss)]
-    finite += [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves((g_dense, g_rows))]
-    ok = jnp.all(jnp.stack(finite))
-
-    new_state = apply_gradients(state, g_dense, g_rows, unique_U, ok, dense_opt, sparse_opts,
+    rows_U, ids_U = placement.rows(state.tables, batch["unique"])
+    loss, logits_B, g_dense, g_rows = grads(state.dense_params, rows_U, batch)
+    ok = all_finite(loss, g_dense, g_rows)
+    new_state = apply_gradients(state, g_dense, g_rows, ids_U, ok, dense_opt, sparse_opts,
                                 train_dense, train_tables)
-    return new_state, StepOutput(jax.nn.sigmoid(logits_B), loss, ok,
-                                 optax.tree.norm(g_dense), optax.tree.norm(g_rows))
+    return new_state, step_output(logits_B, loss, ok, g_dense, g_rows)
 
   return step
 
@@ -171,12 +247,17 @@ def make_multi_step(step: Callable, donate: bool = True) -> Callable:
   return jax.jit(multi, donate_argnums=(0,) if donate else ())
 
 
-def make_predict(model) -> Callable:
-  """Jitted ``predict(dense_params, tables, batch) -> probabilities_B`` (no learning)."""
+def make_predict_fn(model, placement: Placement = LOCAL) -> Callable:
+  """``predict(dense_params, tables, batch) -> probabilities_B`` (not jitted, no learning)."""
   forward = make_forward(model)
 
   def predict(dense_params, tables, batch):
-    rows_U = gather_rows(tables, batch["unique"])
+    rows_U, _ = placement.rows(tables, batch["unique"])
     return jax.nn.sigmoid(forward(dense_params, rows_U, batch))
 
-  return jax.jit(predict)
+  return predict
+
+
+def make_predict(model) -> Callable:
+  """Jitted ``predict(dense_params, tables, batch) -> probabilities_B`` (no learning)."""
+  return jax.jit(make_predict_fn(model))

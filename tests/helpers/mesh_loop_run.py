@@ -6,9 +6,11 @@
 
 ``single`` (one process, 4 devices) writes ``base.npz`` (mesh (1, 1)),
 ``m41.npz``, ``m22.npz``, ``resume1.npz`` / ``resume2.npz`` (a (4, 1) run's
-checkpoint after 8 batches resumed on mesh (1, 1) / (2, 1)) and
-``errors.json`` (the messages of refused configs). ``processes`` writes
-``mp.npz`` from process 0 (mesh (-1, 1) over the devices of all processes).
+checkpoint after 8 batches resumed on mesh (1, 1) / (2, 1)), the same with
+the id map (``idmap_base``, ``idmap_m41``, ``idmap_m22``, ``idmap_resume4``)
+and ``errors.json`` (the messages of refused configs). ``processes`` writes
+``mp.npz`` and ``idmap_mp.npz`` from process 0 (mesh (-1, 1) over the
+devices of all processes).
 Run in its own process because the CPU device count is fixed at JAX start-up.
 """
 
@@ -55,7 +57,7 @@ def config(*extra):
   return c
 
 
-def leaves(state):
+def leaves(state, num_rows=NUM_ROWS):
   """Every leaf of the TrainState on the host, table rows cut to the real rows."""
   out = []
   for x in jax.tree_util.tree_leaves(state):
@@ -63,13 +65,14 @@ def leaves(state):
       from jax.experimental import multihost_utils
       x = multihost_utils.process_allgather(x, tiled=True)
     x = np.asarray(x)
-    out.append(x[:NUM_ROWS] if x.ndim >= 1 and x.shape[0] >= NUM_ROWS else x)
+    out.append(x[:num_rows] if x.ndim >= 1 and x.shape[0] >= num_rows else x)
   return out
 
 
 def dump(name, summary):
   state = summary["_state"]
   table = state.tables["embedding"]
+  num_rows = summary["_idmap"].num_rows if "_idmap" in summary else NUM_ROWS
   arrays = dict(
       preds=summary["_predictions"], auc=summary["auc"], logloss=summary["logloss"],
       rows=summary["rows"], param_count=summary["param_count"],
@@ -77,7 +80,9 @@ def dump(name, summary):
       table_bytes_per_device=summary.get("table_bytes_per_device", summary["table_bytes"]),
       table_rows=table.shape[0],
       shard_rows=np.asarray([s.data.shape[0] for s in table.addressable_shards]),
-      **{f"leaf{i}": x for i, x in enumerate(leaves(state))})
+      **{f"leaf{i}": x for i, x in enumerate(leaves(state, num_rows))},
+      **({"idmap_hit_rate": summary["idmap_hit_rate"], "idmap_evicted": summary["idmap_evicted"]}
+         if "_idmap" in summary else {}))
   if jax.process_index() == 0:
     np.savez(os.path.join(args.out, f"{name}.npz"), **arrays)
 
@@ -91,9 +96,14 @@ def run(name, *extra, workdir=None):
 
 
 os.makedirs(args.out, exist_ok=True)
+# The collision-free id map (small enough to evict): one device, a mesh, a resume.
+IDMAP = ["idmap.enabled=True", "idmap.capacity=2000"]
+
 if args.case == "processes":
   run("mp", "mesh.shape=(-1,1)", "train.checkpoint_every=8",
       workdir=os.path.join(args.out, "mp_run"))
+  run("idmap_mp", "mesh.shape=(-1,1)", "train.checkpoint_every=8", *IDMAP,
+      workdir=os.path.join(args.out, "idmap_mp_run"))
   jax.distributed.shutdown()
 else:
   run("base")
@@ -109,9 +119,19 @@ else:
       if int(name) > 8:
         shutil.rmtree(os.path.join(again, "checkpoints", name))
     run(f"resume{devices}", f"mesh.shape=({devices},1)", workdir=again)
+  run("idmap_base", *IDMAP)
+  work = os.path.join(args.out, "idmap_m41_run")
+  run("idmap_m41", "mesh.shape=(4,1)", "train.checkpoint_every=8", "train.keep_checkpoints=10",
+      *IDMAP, workdir=work)
+  run("idmap_m22", "mesh.shape=(2,2)", *IDMAP)
+  again = os.path.join(args.out, "idmap_resume4_run")   # the map's state restored on 4 devices
+  shutil.copytree(work, again)
+  for name in os.listdir(os.path.join(again, "checkpoints")):
+    if int(name) > 8:
+      shutil.rmtree(os.path.join(again, "checkpoints", name))
+  run("idmap_resume4", "mesh.shape=(4,1)", *IDMAP, workdir=again)
   errors = {}
   for key, extra in (("batch", ["mesh.shape=(4,1)", "data.batch_size=510"]),
-                     ("idmap", ["mesh.shape=(-1,1)", "idmap.enabled=True"]),
                      ("async", ["mesh.shape=(2,2)", "train.async_sim.enabled=True"])):
     try:
       train_stream(config(*extra))
