@@ -1,7 +1,9 @@
-"""Warm start and train.learn=False on several devices (issue 15, item 1): a run on
-mesh (4, 1) warm-started from a 1-device or a 4-device checkpoint, learning or
-frozen, equals the 1-device run within float32 summation tolerance; frozen runs
-give the same predictions from either checkpoint."""
+"""Features on several devices (issue 15, item 1): a run on mesh (4, 1)
+warm-started from a 1-device or a 4-device checkpoint, learning or frozen,
+equals the 1-device run within float32 summation tolerance, and frozen runs
+give the same predictions from either checkpoint; the async simulation (with
+adaptive delay compensation) and the serving copy on mesh (4, 1) equal one
+device, also resumed on 4 devices from their first checkpoint."""
 
 import json
 import os
@@ -45,3 +47,21 @@ def test_frozen_runs_score_the_warm_start_model(results):
   # and learning changes the predictions
   c = np.load(out / "seed1_(1,1)_True.npy")
   assert np.abs(a - c).max() > 1e-3
+
+
+@pytest.mark.parametrize("feature", ["async", "serving"])
+def test_step_features_on_four_devices_equal_one(results, feature):
+  out, res = results
+  one, four = res[f"{feature}_(1,1)"], res[f"{feature}_(4,1)"]
+  assert one["rows"] == four["rows"] == 4096
+  assert four["auc"] == pytest.approx(one["auc"], abs=1e-4)
+  assert four["logloss"] == pytest.approx(one["logloss"], abs=1e-5)
+  p1, p4 = np.load(out / f"{feature}_(1,1).npy"), np.load(out / f"{feature}_(4,1).npy")
+  np.testing.assert_allclose(p4, p1, atol=2e-5)
+  # resumed on 4 devices from the first checkpoint: the rest of the same run
+  resumed = res[f"{feature}_resumed"]
+  assert resumed["resumed_from"] and resumed["rows"] == 4096
+  assert resumed["logloss"] == pytest.approx(one["logloss"], abs=1e-5)
+  tail = np.load(out / f"{feature}_resumed.npy")
+  assert 0 < tail.size < p1.size
+  np.testing.assert_allclose(tail, p1[-tail.size:], atol=2e-5)

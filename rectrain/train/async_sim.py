@@ -74,8 +74,9 @@ from rectrain.optim import (SparseOptimizer, StaleParams, delay_compensation as 
                             stale_params_get, stale_params_init)
 from rectrain.optim.delay import delay_compensation_math
 from rectrain.optim.sparse import gather_rows, scatter_rows
-from rectrain.train.step import (StepOutput, TrainState, all_finite, apply_gradients,
-                                 make_forward, make_grad_fn, step_output, weighted_logloss)
+from rectrain.train.step import (LOCAL, Placement, StepOutput, TrainState, all_finite,
+                                 apply_gradients, make_forward, make_grad_fn, step_output,
+                                 weighted_logloss)
 from rectrain.config_sections import async_config_defaults  # noqa: F401 - defined there (no jax)
 
 PyTree = Any
@@ -195,8 +196,19 @@ def row_history_init(tables: Dict[str, jax.Array], capacity: int, max_unique: in
                   for k, t in tables.items()})
 
 
+def _last_update(hist: RowHistory, ids_U: jax.Array, placement: Placement):
+  """``(step_U, pos_U)``: the update that last touched each id (-1: none) and the id's
+  position in it; through ``placement`` (the per-row leaves may be row-sharded:
+  each device reads the ids it holds, 0 elsewhere, and ``combine`` sums)."""
+  local_U = placement.local_ids(hist.last_step_N.shape[0], ids_U)
+  s_U = placement.combine((hist.last_step_N + 1).at[local_U].get(mode="fill", fill_value=0)) - 1
+  p_U = placement.combine(hist.last_pos_N.at[local_U].get(mode="fill", fill_value=0))
+  return s_U, p_U, local_U
+
+
 def stale_rows(hist: RowHistory, ids_U: jax.Array, rows_now: Dict[str, jax.Array],
-               step: jax.Array, tau: jax.Array) -> Dict[str, jax.Array]:
+               step: jax.Array, tau: jax.Array,
+               placement: Placement = LOCAL) -> Dict[str, jax.Array]:
   """Rows ``ids_U`` as they were before update ``step - tau`` (theta_{step - tau}).
 
   For each id, follows its chain of updates backwards from its latest one
@@ -210,11 +222,11 @@ def stale_rows(hist: RowHistory, ids_U: jax.Array, rows_now: Dict[str, jax.Array
     rows_now: ``{table: U x W}`` current rows at ``ids_U``.
     step: int32, the number of updates applied so far (t).
     tau: int32, 0 <= tau <= min(t, R).
+    placement: where the per-row leaves live (rectrain/train/step.py).
   """
   capacity = hist.prev_step_RxU.shape[0]
   lo = step - tau
-  s_U = hist.last_step_N.at[ids_U].get(mode="fill", fill_value=-1)
-  p_U = hist.last_pos_N.at[ids_U].get(mode="fill", fill_value=0)
+  s_U, p_U, _ = _last_update(hist, ids_U, placement)
   none_U = jnp.full_like(s_U, -1)
 
   def in_window(s):
@@ -241,10 +253,10 @@ def stale_rows(hist: RowHistory, ids_U: jax.Array, rows_now: Dict[str, jax.Array
 
 
 def push_rows(hist: RowHistory, ids_U: jax.Array, rows_now: Dict[str, jax.Array],
-              step: jax.Array, ok: jax.Array) -> RowHistory:
+              step: jax.Array, ok: jax.Array, placement: Placement = LOCAL) -> RowHistory:
   """Records update ``step`` (rows ``ids_U`` had values ``rows_now``) if ``ok``; O(U * W)."""
   capacity, width_u = hist.prev_step_RxU.shape
-  num_rows = hist.last_step_N.shape[0]
+  num_rows = hist.last_step_N.shape[0]   # this device's rows
   slot = step % capacity
 
   def write(ring, new):
@@ -252,9 +264,8 @@ def push_rows(hist: RowHistory, ids_U: jax.Array, rows_now: Dict[str, jax.Array]
     return jax.lax.dynamic_update_index_in_dim(ring, jnp.where(ok, new.astype(ring.dtype), old),
                                                slot, 0)
 
-  prev_s = hist.last_step_N.at[ids_U].get(mode="fill", fill_value=-1)
-  prev_p = hist.last_pos_N.at[ids_U].get(mode="fill", fill_value=0)
-  ids_w = jnp.where(ok, ids_U, num_rows)
+  prev_s, prev_p, local_U = _last_update(hist, ids_U, placement)
+  ids_w = jnp.where(ok, local_U, num_rows)
   return RowHistory(
       last_step_N=hist.last_step_N.at[ids_w].set(step, mode="drop"),
       last_pos_N=hist.last_pos_N.at[ids_w].set(jnp.arange(width_u, dtype=jnp.int32),
@@ -271,7 +282,8 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
                           max_unique: Optional[int] = None, predictions: str = "stale",
                           distribution: str = "uniform", geometric_p: float = 0.5,
                           loss_fn: Callable = weighted_logloss, train_dense: bool = True,
-                          train_tables: bool = True) -> tuple[Callable, Callable]:
+                          train_tables: bool = True,
+                          placement: Placement = LOCAL) -> tuple[Callable, Callable]:
   """Stale-gradient training step (model in the module docstring).
 
   Args:
@@ -294,6 +306,10 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
     distribution, geometric_p: of the ``random`` schedule.
     loss_fn: ``(logits_B, label_B, weight_B) -> scalar``.
     train_dense, train_tables: False freezes that group, as in make_train_step.
+    placement: :data:`rectrain.train.step.LOCAL` (one device) or
+      :data:`rectrain.train.sharding.SHARDED` (inside ``shard_map``): every
+      row read and write goes through it (the histories indexed by the
+      batch's distinct ids are the same on every device).
 
   Returns:
     ``(init_fn, step_fn)``: ``init_fn(train_state, max_unique=None) ->
@@ -316,7 +332,7 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
   dc = dc_transform(**dc_opts) if dc_opts is not None else None
 
   forward = make_forward(model)
-  grads = make_grad_fn(model, loss_fn)  # the one objective and gradient (train/step.py)
+  grads = make_grad_fn(model, loss_fn, placement)  # the one objective and gradient (train/step.py)
 
   def init_fn(train_state: TrainState, max_unique_: Optional[int] = None) -> AsyncState:
     width_u = max_unique_ if max_unique_ is not None else max_unique
@@ -341,8 +357,8 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
   def step_fn(astate: AsyncState, batch) -> tuple[AsyncState, StepOutput]:
     state = astate.train
     unique_U = batch["unique"]
-    num_rows = _num_rows(state.tables)
-    rows_now_U = gather_rows(state.tables, unique_U)
+    num_rows = _num_rows(state.tables)   # this device's rows
+    rows_now_U, local_U = placement.rows(state.tables, unique_U)
 
     if max_tau > 0:
       hist_u = astate.row_history.prev_step_RxU.shape[1]
@@ -353,7 +369,8 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
       past = stale_params_get(astate.dense_history, tau_t - 1)
       dense_stale = jax.tree.map(lambda p, now: jnp.where(tau_t > 0, p, now),
                                  past, state.dense_params)
-      rows_stale_U = stale_rows(astate.row_history, unique_U, rows_now_U, state.step, tau_t)
+      rows_stale_U = stale_rows(astate.row_history, unique_U, rows_now_U, state.step, tau_t,
+                                placement)
     else:
       tau_t = jnp.zeros((), jnp.int32)
       dense_stale, rows_stale_U = state.dense_params, rows_now_U
@@ -364,7 +381,8 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
     if dc is not None:
       g_dense, new_dc_dense = dc.update(g_dense, astate.dc_dense, state.dense_params,
                                         stale_params=dense_stale)
-      ms_rows = gather_rows(astate.dc_rows, unique_U) if dc_opts["adaptive"] else None
+      ms_rows = (placement.combine(gather_rows(astate.dc_rows, local_U))
+                 if dc_opts["adaptive"] else None)
       g_rows_dc, ms_rows_new = {}, {}
       for name, g in g_rows.items():
         g_rows_dc[name], ms_rows_new[name] = delay_compensation_math(
@@ -376,14 +394,14 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
 
     ok = all_finite(loss, g_dense, g_rows)
     keep = lambda new, old: jnp.where(ok, new, old)
-    new_train = apply_gradients(state, g_dense, g_rows, unique_U, ok, dense_opt, sparse_opts,
+    new_train = apply_gradients(state, g_dense, g_rows, local_U, ok, dense_opt, sparse_opts,
                                 train_dense, train_tables)
     # Padding id where the batch is skipped: nothing is scattered (as in apply_gradients).
-    ids_U = jnp.where(ok & train_tables, unique_U, num_rows)
+    ids_U = jnp.where(ok & train_tables, local_U, num_rows)
     dense_history, row_history = astate.dense_history, astate.row_history
     if max_tau > 0:
       dense_history = _push_if(dense_history, state.dense_params, ok)
-      row_history = push_rows(row_history, unique_U, rows_now_U, state.step, ok)
+      row_history = push_rows(row_history, unique_U, rows_now_U, state.step, ok, placement)
     dc_dense = new_dc_dense
     if dc is not None:
       dc_dense = jax.tree.map(keep, new_dc_dense, astate.dc_dense)
@@ -406,7 +424,8 @@ def _num_rows(tables) -> int:
 
 
 def make_async_train_step_from_config(model, dense_opt, sparse_opts, cfg, max_unique: int,
-                                      key: str = "train.async_sim") -> tuple[Callable, Callable]:
+                                      key: str = "train.async_sim",
+                                      placement: Placement = LOCAL) -> tuple[Callable, Callable]:
   """``make_async_train_step`` from an ``async_config_defaults()``-shaped config.
 
   Errors name ``key.<field>``.
@@ -431,6 +450,6 @@ def make_async_train_step_from_config(model, dense_opt, sparse_opts, cfg, max_un
         model, dense_opt, sparse_opts, staleness=c["staleness"], tau=c["tau"],
         workers=c["workers"], delay_compensation=dc, seed=c["seed"], max_unique=max_unique,
         predictions=c["predictions"], distribution=c["distribution"],
-        geometric_p=c["geometric_p"])
+        geometric_p=c["geometric_p"], placement=placement)
   except ValueError as e:
     raise ValueError(f"config {key}: {e}") from None

@@ -8,8 +8,11 @@ that does not honour a feature that is on refuses the config with one error
 naming the keys, instead of training without it (a run on one device that
 says nothing, a ``"mesh": null`` in summary.json).
 
-Combinations the streaming loop refuses on a mesh are checked where the mesh
-is built (``rectrain.train.loop_mesh._run_mesh``).
+The streaming loop honours every feature on any mesh (the step and the
+features that wrap it read and write rows through one placement,
+rectrain/train/step.py); what a mesh itself needs (a batch divisible by the
+data axis, all devices of every process) is checked where it is built
+(``rectrain.train.loop_mesh._run_mesh``).
 """
 
 from __future__ import annotations

@@ -154,26 +154,26 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   model, state, dense_opt, sparse_opts, params = create_model_and_state(
       config, num_rows, num_fields, num_dense, table_rows=table_rows)
   learn = bool(config.train.get("learn", True))
-  if mesh is None:
-    step_fn = make_train_step(model, dense_opt, sparse_opts, train_dense=learn, train_tables=learn)
-  else:  # async / serving are refused by _run_mesh (loop_mesh.py)
-    step_fn = sh.make_sharded_train_step(model, dense_opt, sparse_opts, train_dense=learn,
-                                         train_tables=learn)
+  # Where the tables live: every row read and write of the step and of the
+  # features below goes through it (one device, or row-sharded in shard_map).
+  placement = LOCAL if mesh is None else sh.SHARDED
+  step_fn = make_train_step(model, dense_opt, sparse_opts, train_dense=learn, train_tables=learn,
+                            placement=placement)
   if config.train.async_sim.enabled:
     # Simulated asynchronous training: gradients computed at stale parameters.
     async_init, step_fn = make_async_train_step_from_config(
         model, dense_opt, sparse_opts, config.train.async_sim,
-        max_unique=config.data.batch_size * num_fields)  # = with_unique's default U
+        max_unique=config.data.batch_size * num_fields,  # = with_unique's default U
+        placement=placement)
     state = async_init(state)  # before restore: it is the checkpoint template
   if im is not None:  # reset (re)assigned rows and their optimizer state before each step
     step_fn = with_row_reset(step_fn, model.table_specs(), sparse_opts,
-                             jax.random.fold_in(jax.random.PRNGKey(config.seed), 1),
-                             LOCAL if mesh is None else sh.SHARDED)
+                             jax.random.fold_in(jax.random.PRNGKey(config.seed), 1), placement)
   serving = config.get("serving", None)
   schedules = None
   if serving_lib.serving_enabled(serving):  # predictions from a served copy, synced on event time
     stale = serving_lib.stale_groups(serving)
-    step_fn = serving_lib.make_serving_step(step_fn, model, *stale)
+    step_fn = serving_lib.make_serving_step(step_fn, model, *stale, placement=placement)
     state = serving_lib.init_serving_state(state, *stale)  # before restore: the checkpoint template
     schedules = _sync_schedules(serving)
   device_keys = DEVICE_KEYS + (idmap_lib.RESET_KEYS if im is not None else ())
@@ -182,8 +182,9 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     place = None
   else:  # before restore: the sharded state is the checkpoint template
     state = sh.shard_state(state, mesh, table_rows)
-    multi = sh.make_sharded_multi_step(step_fn, mesh, state, table_rows, device_keys)
-    place = _batch_placer(mesh, device_keys)
+    sync_keys = serving_lib.SYNC_KEYS if schedules is not None else ()  # added per group below
+    multi = sh.make_sharded_multi_step(step_fn, mesh, state, table_rows, device_keys + sync_keys)
+    place = _batch_placer(mesh, device_keys + sync_keys)
 
   window = _make_windows(config, stream)
   overall = metrics_lib.MetricAccumulator()
@@ -425,7 +426,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   }
   if mesh is not None:
     summary["table_bytes"], summary["table_bytes_per_device"] = _sharded_table_bytes(
-        state, table_rows, num_rows)
+        state.train if isinstance(state, AsyncState) else state, table_rows, num_rows)
     summary["mesh"] = {"shape": [int(mesh.shape[a]) for a in sh.AXES],
                        "devices": sh.mesh_size(mesh), "processes": jax.process_count(),
                        "table_rows": table_rows}

@@ -9,7 +9,6 @@ import jax
 import numpy as np
 
 from rectrain.train import distributed as dist
-from rectrain.train import serving as serving_lib
 from rectrain.train import sharding as sh
 
 
@@ -43,14 +42,6 @@ def _run_mesh(config):
   if config.data.batch_size % data:
     raise ValueError(f"config data.batch_size={config.data.batch_size} is not divisible by the "
                      f"{data} data shards of mesh.shape={shape}")
-  refused = []
-  if config.train.async_sim.enabled:
-    refused.append("train.async_sim.enabled=True")
-  if serving_lib.serving_enabled(config.get("serving", None)):
-    refused.append("serving.sync_tables_s / sync_dense_s / freeze_after_s (a served copy)")
-  if refused:
-    raise ValueError(f"config mesh.shape={shape} ({devices} devices) does not work with "
-                     f"{'; '.join(refused)} yet: set mesh.shape=(1, 1) or turn these off")
   return mesh
 
 

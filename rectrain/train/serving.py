@@ -75,7 +75,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rectrain.train.step import make_forward
+from rectrain.train.step import LOCAL, Placement, make_forward
 
 PyTree = Any
 SYNC_KEYS = ("sync_tables", "sync_dense")
@@ -124,22 +124,24 @@ def init_serving_state(live, stale_tables: bool, stale_dense: bool) -> ServingSt
       syncs=jnp.zeros((), jnp.int32))
 
 
-def make_serving_step(step: Callable, model, stale_tables: bool, stale_dense: bool) -> Callable:
+def make_serving_step(step: Callable, model, stale_tables: bool, stale_dense: bool,
+                      placement: Placement = LOCAL) -> Callable:
   """Wraps ``step(live, batch)`` so that predictions come from the served copy.
 
   The wrapped ``step(ServingState, batch)`` reads ``batch["sync_tables"]`` and
   ``batch["sync_dense"]`` (bool scalars per batch; see :class:`SyncSchedule`),
   syncs, predicts the batch with the served parameters, saves the batch's
   rows copy-on-write and calls ``step`` on the live state with the rest of
-  the batch. Pure, so it goes under ``lax.scan`` / ``jit``.
+  the batch. Pure, so it goes under ``lax.scan`` / ``jit``. Every row read
+  and write goes through ``placement`` (rectrain/train/step.py), so on
+  row-sharded tables each device keeps the served copy of the rows it holds.
   """
   forward = make_forward(model)
 
   def served_step(state: ServingState, batch):
     inner = {k: v for k, v in batch.items() if k not in SYNC_KEYS}
     train = _train_of(state.live)
-    ids_U = batch["unique"]
-    live_rows_U = {k: t.at[ids_U].get(mode="fill", fill_value=0) for k, t in train.tables.items()}
+    live_rows_U, local_U = placement.rows(train.tables, batch["unique"])
     served_dense, served_tables, saved_at_N, syncs = (
         state.served_dense, state.served_tables, state.saved_at_N, state.syncs)
     if stale_dense:
@@ -149,13 +151,16 @@ def make_serving_step(step: Callable, model, stale_tables: bool, stale_dense: bo
     rows_U = live_rows_U
     if stale_tables:
       syncs = syncs + batch["sync_tables"].astype(jnp.int32)
-      saved_U = saved_at_N.at[ids_U].get(mode="fill", fill_value=-1) == syncs
-      old_rows_U = {k: t.at[ids_U].get(mode="fill", fill_value=0) for k, t in served_tables.items()}
+      # Rows another device holds read "not saved" and zeros here; combine sums.
+      saved_U = placement.combine(
+          (saved_at_N.at[local_U].get(mode="fill", fill_value=-1) == syncs).astype(jnp.int32)) > 0
+      old_rows_U = placement.combine(
+          {k: t.at[local_U].get(mode="fill", fill_value=0) for k, t in served_tables.items()})
       rows_U = {k: jnp.where(saved_U[:, None], old_rows_U[k], live_rows_U[k]) for k in live_rows_U}
       # Copy-on-write: the served value of each row the step may change.
-      served_tables = {k: served_tables[k].at[ids_U].set(rows_U[k], mode="drop")
+      served_tables = {k: served_tables[k].at[local_U].set(rows_U[k], mode="drop")
                        for k in served_tables}
-      saved_at_N = saved_at_N.at[ids_U].set(syncs, mode="drop")
+      saved_at_N = saved_at_N.at[local_U].set(syncs, mode="drop")
     logits_B = forward(served_dense if stale_dense else train.dense_params, rows_U, batch)
     live, out = step(state.live, inner)
     out = out._replace(preds_B=jax.nn.sigmoid(logits_B))

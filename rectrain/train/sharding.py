@@ -99,29 +99,51 @@ def _is_row_leaf(leaf, num_rows: int) -> bool:
   return hasattr(leaf, "shape") and len(leaf.shape) >= 1 and leaf.shape[0] == num_rows
 
 
-def state_specs(state: TrainState, num_rows: int) -> TrainState:
-  """PartitionSpecs for ``state``: table and table-optimizer leaves by rows, the rest replicated."""
-  def table_spec(tree):
-    return jax.tree_util.tree_map(
-        lambda x: ROWS if _is_row_leaf(x, num_rows) else REPLICATED, tree)
+def state_specs(state, num_rows: int):
+  """PartitionSpecs for any run state (a TrainState, or one wrapped by features).
 
-  rep = lambda tree: jax.tree_util.tree_map(lambda _: REPLICATED, tree)
-  return TrainState(step=REPLICATED, dense_params=rep(state.dense_params),
-                    dense_opt_state=rep(state.dense_opt_state),
-                    tables=table_spec(state.tables),
-                    table_opt_state=table_spec(state.table_opt_state),
-                    nonfinite=REPLICATED)
+  One rule over the pytree: a leaf with a leading axis of the tables'
+  ``num_rows`` (padded) rows is row-sharded (the tables, their optimizer
+  state, a serving copy's tables and row versions, the async simulation's
+  per-row DC statistics); every other leaf (dense parameters and their
+  optimizer state, counters, histories indexed by a batch's distinct ids) is
+  replicated. The dense part of a TrainState is always replicated.
+  """
+  def spec(x):
+    return ROWS if _is_row_leaf(x, num_rows) else REPLICATED
+
+  def one(tree):
+    if isinstance(tree, TrainState):
+      rep = lambda t: jax.tree_util.tree_map(lambda _: REPLICATED, t)
+      return tree._replace(
+          step=REPLICATED, dense_params=rep(tree.dense_params),
+          dense_opt_state=rep(tree.dense_opt_state),
+          tables=jax.tree_util.tree_map(spec, tree.tables),
+          table_opt_state=jax.tree_util.tree_map(spec, tree.table_opt_state),
+          nonfinite=REPLICATED)
+    return spec(tree)
+
+  return jax.tree_util.tree_map(one, state, is_leaf=lambda x: isinstance(x, TrainState))
 
 
-def state_shardings(state: TrainState, mesh: Mesh, num_rows: int):
+def state_shardings(state, mesh: Mesh, num_rows: int):
   """``NamedSharding`` per leaf of ``state`` (see :func:`state_specs`)."""
   return jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s), state_specs(state, num_rows),
                                 is_leaf=lambda x: isinstance(x, P))
 
 
-def shard_state(state: TrainState, mesh: Mesh, num_rows: int) -> TrainState:
-  """Places ``state`` on ``mesh`` (tables must already have ``num_rows`` = padded rows)."""
-  for name, t in state.tables.items():
+def _train_state(state) -> TrainState:
+  found = [x for x in jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(x, TrainState))
+           if isinstance(x, TrainState)]
+  if len(found) != 1:
+    raise ValueError(f"shard_state: the state holds {len(found)} TrainStates, expected 1")
+  return found[0]
+
+
+def shard_state(state, mesh: Mesh, num_rows: int):
+  """Places ``state`` (any run state, see :func:`state_specs`) on ``mesh``; its
+  tables must already have ``num_rows`` = padded rows."""
+  for name, t in _train_state(state).tables.items():
     if t.shape[0] != num_rows or num_rows % mesh_size(mesh):
       raise ValueError(f"table {name!r} has {t.shape[0]} rows; sharding needs "
                        f"{num_rows} rows, a multiple of {mesh_size(mesh)} devices")

@@ -1,5 +1,7 @@
-"""Worker of tests/test_mesh_features.py: on 4 forced CPU devices, warm start and
-train.learn=False on mesh (4, 1) against one device; writes results.json."""
+"""Worker of tests/test_mesh_features.py: on 4 forced CPU devices, warm start,
+train.learn=False, the async simulation and the serving copy on mesh (4, 1)
+against one device, and a resume of each of the last two on 4 devices from its
+first checkpoint; writes results.json and the predictions (.npy)."""
 
 import json
 import os
@@ -7,6 +9,8 @@ import sys
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import shutil  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -36,5 +40,32 @@ for src in ("seed1", "seed4"):
       key = f"{src}|{mesh}|{learn}"
       results[key] = {"auc": s["auc"], "logloss": s["logloss"], "rows": s["rows"]}
       np.save(os.path.join(out, key.replace("|", "_") + ".npy"), s["_predictions"])
+
+# Features that wrap the step, on 1 and 4 devices, and resumed on 4 devices.
+FEATURES = {
+    "async": ["train.async_sim.enabled=True", "train.async_sim.tau=2",
+              "train.async_sim.delay_compensation=adaptive", "optim.dense.learning_rate=1e-3"],
+    "serving": ["serving.sync_tables_s=3600", "serving.sync_dense_s=1800"],
+}
+for feature, extra in FEATURES.items():
+  for mesh in ("(1,1)", "(4,1)"):
+    name = f"{feature}_{mesh}"
+    s = run(name, f"mesh.shape={mesh}", "train.checkpoint_every=4", "train.keep_checkpoints=10",
+            *extra)
+    results[name] = {"auc": s["auc"], "logloss": s["logloss"], "rows": s["rows"]}
+    np.save(os.path.join(out, name + ".npy"), s["_predictions"])
+  work, again = os.path.join(out, f"{feature}_(4,1)"), os.path.join(out, f"{feature}_resumed")
+  shutil.copytree(work, again)   # as if killed after the first checkpoint
+  first = min(os.listdir(os.path.join(again, "checkpoints")))
+  for name in os.listdir(os.path.join(again, "checkpoints")):
+    if name != first:
+      shutil.rmtree(os.path.join(again, "checkpoints", name))
+  os.remove(os.path.join(again, "summary.json"))
+  c = configs.apply_overrides(configs.default_config(), SMALL + ["mesh.shape=(4,1)",
+                              "train.checkpoint_every=4", "train.keep_checkpoints=10", *extra])
+  s = train_stream(c, workdir=again, keep_predictions=True)
+  results[f"{feature}_resumed"] = {"auc": s["auc"], "logloss": s["logloss"], "rows": s["rows"],
+                                   "resumed_from": os.path.basename(s["resumed_from"] or "")}
+  np.save(os.path.join(out, f"{feature}_resumed.npy"), s["_predictions"])
 with open(os.path.join(out, "results.json"), "w") as f:
   json.dump(results, f)

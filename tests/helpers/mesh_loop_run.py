@@ -131,8 +131,7 @@ else:
       shutil.rmtree(os.path.join(again, "checkpoints", name))
   run("idmap_resume4", "mesh.shape=(4,1)", *IDMAP, workdir=again)
   errors = {}
-  for key, extra in (("batch", ["mesh.shape=(4,1)", "data.batch_size=510"]),
-                     ("async", ["mesh.shape=(2,2)", "train.async_sim.enabled=True"])):
+  for key, extra in (("batch", ["mesh.shape=(4,1)", "data.batch_size=510"]),):
     try:
       train_stream(config(*extra))
       errors[key] = ""
