@@ -3,7 +3,9 @@ warm-started from a 1-device or a 4-device checkpoint, learning or frozen,
 equals the 1-device run within float32 summation tolerance, and frozen runs
 give the same predictions from either checkpoint; the async simulation (with
 adaptive delay compensation) and the serving copy on mesh (4, 1) equal one
-device, also resumed on 4 devices from their first checkpoint."""
+device, also resumed on 4 devices from their first checkpoint; the offline
+protocol (2 epochs, tables re-initialised between them) on mesh (4, 1) gives
+the 1-device evaluation points."""
 
 import json
 import os
@@ -65,3 +67,13 @@ def test_step_features_on_four_devices_equal_one(results, feature):
   tail = np.load(out / f"{feature}_resumed.npy")
   assert 0 < tail.size < p1.size
   np.testing.assert_allclose(tail, p1[-tail.size:], atol=2e-5)
+
+
+def test_offline_protocol_on_four_devices_equals_one(results):
+  _, res = results
+  one, four = res["offline_(1,1)"], res["offline_(4,1)"]
+  assert one["mesh"] is None and four["mesh"]["devices"] == 4
+  assert len(one["test_logloss"]) == len(four["test_logloss"]) == 5   # start + 2 per epoch
+  np.testing.assert_allclose(four["test_logloss"], one["test_logloss"], atol=1e-6)
+  np.testing.assert_allclose(four["test_auc"], one["test_auc"], atol=1e-4)
+  assert one["test_logloss"][3] != one["test_logloss"][2]   # the re-initialised tables

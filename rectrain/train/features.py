@@ -68,7 +68,7 @@ FEATURES: Dict[str, Tuple[str, Callable]] = {
 HONOURED = {
     "stream": frozenset({"mesh", "async_sim", "serving", "idmap", "learn", "warm_start",
                          "checkpoints"}),
-    "offline": frozenset({"offline"}),
+    "offline": frozenset({"offline", "mesh"}),
     "delayed": frozenset({"delayed"}),
 }
 

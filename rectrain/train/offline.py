@@ -21,18 +21,30 @@ from rectrain.data.batch import DEVICE_KEYS
 from rectrain.data.pipeline import prefetch, with_unique
 from rectrain.models import init_tables
 from rectrain.train.features import refuse_ignored
-from rectrain.train.step import make_multi_step, make_train_step
+from rectrain.train import sharding as sh
+from rectrain.train.loop_mesh import (_batch_placer, _preds_to_host, _replicated_to_host,
+                                      _run_mesh)
+from rectrain.train.step import LOCAL, make_multi_step, make_train_step
 from rectrain.train.build import create_model_and_state
 from rectrain.train.loop_io import _Progress, _jsonable, _stack
 
 log = logging.getLogger(__name__)
 
 
-def evaluate(predict, dense_params, tables, stream, num_rows: int) -> dict:
-  """Metrics of the model (no learning) on every batch of ``stream``."""
+def evaluate(predict, dense_params, tables, stream, num_rows: int, place=None,
+             to_host=np.asarray) -> dict:
+  """Metrics of the model (no learning) on every batch of ``stream``.
+
+  On a mesh ``place`` puts a host batch on the devices (the padding id
+  ``num_rows`` is the padded table's) and ``to_host`` brings the sharded
+  predictions back in row order.
+  """
   acc = metrics_lib.MetricAccumulator()
   for batch in prefetch(with_unique(iter(stream), num_rows), 4):
-    preds = np.asarray(predict(dense_params, tables, {k: batch[k] for k in DEVICE_KEYS}))
+    device_batch = {k: batch[k] for k in DEVICE_KEYS}
+    if place is not None:
+      device_batch = {k: v[0] for k, v in place({k: v[None] for k, v in device_batch.items()}).items()}
+    preds = to_host(predict(dense_params, tables, device_batch))
     acc.update(batch["label"], preds, batch["weight"])
   return acc.result()
 
@@ -50,7 +62,7 @@ def _eval_data_config(config):
 
 def _tree_diff_norm(a, b) -> float:
   leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x, y: jnp.sum((x - y) ** 2), a, b))
-  return float(jnp.sqrt(sum(leaves))) if leaves else 0.0
+  return float(_replicated_to_host(jnp.sqrt(sum(leaves)))) if leaves else 0.0
 
 
 def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
@@ -88,30 +100,46 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
   eval_config = _eval_data_config(config)
   if not eval_config.max_rows:
     raise ValueError("config offline.eval_data.max_rows must be set (rows of the held-out stream)")
+  mesh = _run_mesh(config)  # None: one device
   train_data = make_stream(config.data, seed=config.seed)
   eval_data = make_stream(eval_config, seed=config.seed)
   num_rows = train_data.num_rows
+  table_rows = num_rows if mesh is None else sh.padded_rows(num_rows, mesh)
   model, state, dense_opt, sparse_opts, params = create_model_and_state(
-      config, num_rows, train_data.layout.num_fields, train_data.num_dense)
-  predict = make_predict(model)
+      config, num_rows, train_data.layout.num_fields, train_data.num_dense, table_rows=table_rows)
+  placement = LOCAL if mesh is None else sh.SHARDED
   variants = {}
+  if mesh is None:
+    predict, place, preds_to_host, to_host = make_predict(model), None, np.asarray, np.asarray
+  else:  # the tables row-sharded over every device, the batch split over data
+    state = sh.shard_state(state, mesh, table_rows)
+    predict = sh.make_sharded_predict(model, mesh, state, table_rows, DEVICE_KEYS)
+    place = _batch_placer(mesh, DEVICE_KEYS)
+    preds_to_host, to_host = _preds_to_host, _replicated_to_host
 
   def multi_for(train_dense, train_tables):
     key = (train_dense, train_tables)
     if key not in variants:
-      variants[key] = make_multi_step(make_train_step(
-          model, dense_opt, sparse_opts, train_dense=train_dense, train_tables=train_tables))
+      step = make_train_step(model, dense_opt, sparse_opts, train_dense=train_dense,
+                             train_tables=train_tables, placement=placement)
+      variants[key] = (make_multi_step(step) if mesh is None else
+                       sh.make_sharded_multi_step(step, mesh, state, table_rows, DEVICE_KEYS))
     return variants[key]
+
+  def evaluate_now():
+    return evaluate(predict, state.dense_params, state.tables, eval_data, table_rows, place,
+                    lambda p: preds_to_host(p[None])[0])
 
   batches_per_epoch = -(-config.data.max_rows // config.data.batch_size)
   k = config.train.steps_per_dispatch
   marks = sorted({round(batches_per_epoch * (i + 1) / off.evals_per_epoch)
                   for i in range(off.evals_per_epoch)})
   points = []
-  if workdir:
+  writes = bool(workdir) and jax.process_index() == 0  # several processes: process 0 writes
+  if writes:
     os.makedirs(workdir, exist_ok=True)
-  out_file = open(os.path.join(workdir, "offline.jsonl"), "w") if workdir else None
-  if workdir:
+  out_file = open(os.path.join(workdir, "offline.jsonl"), "w") if writes else None
+  if writes:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
 
@@ -119,7 +147,7 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
     return (jax.tree_util.tree_map(jnp.copy, s.tables), jax.tree_util.tree_map(jnp.copy, s.dense_params))
 
   def record(epoch, batch_in_epoch, train_acc, gnorms, prev):
-    test = evaluate(predict, state.dense_params, state.tables, eval_data, num_rows)
+    test = evaluate_now()
     tables_prev, dense_prev = prev
     point = {
         "epoch": epoch + batch_in_epoch / batches_per_epoch,
@@ -137,7 +165,7 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
              test["auc"], test["logloss"])
 
   started = time.time()
-  initial_test = evaluate(predict, state.dense_params, state.tables, eval_data, num_rows)
+  initial_test = evaluate_now()
   points.append({"epoch": 0.0, "batches": 0, "test": initial_test})
   progress = _Progress(config.train.progress, off.epochs * batches_per_epoch * config.data.batch_size, 0)
   try:
@@ -147,8 +175,12 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
         if off.between_epochs == "reinit":
           fresh = init_tables(jax.random.PRNGKey(config.seed + 1000 + epoch),
                               model.table_specs(), num_rows)
+          if table_rows != num_rows:  # padding rows, as create_model_and_state adds them
+            fresh = {k: jnp.pad(t, ((0, table_rows - num_rows), (0, 0))) for k, t in fresh.items()}
           state = state._replace(tables=fresh, table_opt_state={
               name: sparse_opts[name].init(t) for name, t in fresh.items()})
+          if mesh is not None:
+            state = sh.shard_state(state, mesh, table_rows)
         elif off.between_epochs in ("freeze", "dense_only"):
           train_tables = False
         elif off.between_epochs == "tables_only":
@@ -158,14 +190,15 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
       gnorms = ([], [])
       prev = snapshot(state)
       done = 0
-      source = with_unique(_take_batches(iter(train_data), batches_per_epoch), num_rows)
+      source = with_unique(_take_batches(iter(train_data), batches_per_epoch), table_rows)
       for n, group in prefetch(_grouped_until(source, k, marks), config.data.prefetch):
-        state, out = multi(state, {key: group[key] for key in DEVICE_KEYS})
+        device_batch = {key: group[key] for key in DEVICE_KEYS}
+        state, out = multi(state, device_batch if place is None else place(device_batch))
         done += n
-        train_acc.update(group["label"].reshape(-1), np.asarray(out.preds_B).reshape(-1),
+        train_acc.update(group["label"].reshape(-1), preds_to_host(out.preds_B).reshape(-1),
                          group["weight"].reshape(-1))
-        gnorms[0].extend(np.asarray(out.grad_norm_dense).tolist())
-        gnorms[1].extend(np.asarray(out.grad_norm_tables).tolist())
+        gnorms[0].extend(to_host(out.grad_norm_dense).tolist())
+        gnorms[1].extend(to_host(out.grad_norm_tables).tolist())
         progress.update(int((group["weight"] > 0).sum()), train_acc.result())
         if done in marks:
           record(epoch, done, train_acc, gnorms, prev)
@@ -191,7 +224,11 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
             "best_auc": best["test"]["auc"], "best_epoch": best["epoch"],
             "rows": trained, "wall_time_sec": wall, "rows_per_sec": trained / max(wall, 1e-9),
             "param_count": params["total"]}
-  if workdir:
+  if mesh is not None:
+    result["mesh"] = {"shape": [int(mesh.shape[a]) for a in sh.AXES],
+                      "devices": sh.mesh_size(mesh), "processes": jax.process_count(),
+                      "table_rows": table_rows}
+  if writes:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(_jsonable({**result, "model": config.model.name}), f, indent=2)
   result["_state"] = state

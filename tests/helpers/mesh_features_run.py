@@ -15,7 +15,7 @@ import shutil  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rectrain import configs  # noqa: E402
-from rectrain.train.loop import train_stream  # noqa: E402
+from rectrain.train.loop import train_offline, train_stream  # noqa: E402
 
 out = sys.argv[1]
 SMALL = ["data.max_rows=4096", "data.batch_size=512", "data.cat_buckets=1000", "model.name=fm",
@@ -67,5 +67,15 @@ for feature, extra in FEATURES.items():
   results[f"{feature}_resumed"] = {"auc": s["auc"], "logloss": s["logloss"], "rows": s["rows"],
                                    "resumed_from": os.path.basename(s["resumed_from"] or "")}
   np.save(os.path.join(out, f"{feature}_resumed.npy"), s["_predictions"])
+# The offline protocol (2 epochs, tables re-initialised between them).
+for mesh in ("(1,1)", "(4,1)"):
+  c = configs.apply_overrides(configs.default_config(), SMALL + [
+      f"mesh.shape={mesh}", "offline.epochs=2", "offline.evals_per_epoch=2",
+      "offline.between_epochs=reinit", "offline.eval_data.start_row=4096",
+      "offline.eval_data.max_rows=2048"])
+  s = train_offline(c)
+  results[f"offline_{mesh}"] = {"test_logloss": [p["test"]["logloss"] for p in s["points"]],
+                                "test_auc": [p["test"]["auc"] for p in s["points"]],
+                                "mesh": s.get("mesh")}
 with open(os.path.join(out, "results.json"), "w") as f:
   json.dump(results, f)
