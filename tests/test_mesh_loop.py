@@ -2,8 +2,11 @@
 
 One worker process (tests/helpers/mesh_loop_run.py, 4 CPU devices: the
 device count is fixed when JAX starts) runs the same small DeepFM stream on
-mesh (1, 1), (4, 1) and (2, 2), resumes the (4, 1) run's checkpoint on 1 and
-2 devices and collects the errors of refused configs; a second pair of
+mesh (1, 1), (4, 1) and (2, 2) (this one with ``pytest --full``), resumes the
+(4, 1) run's checkpoint on 1 (and with ``--full`` 2) devices, the same with the
+id map, the async simulation, the serving copy and the offline protocol on one
+device (against the two processes), and collects the errors of refused
+configs; a second pair of
 processes (2 devices each), started first so that it overlaps the first
 worker, runs it on mesh (-1, 1) over both processes.
 """
@@ -35,11 +38,11 @@ def _free_port():
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
+def two_processes(tmp_path_factory, request):
   """Starts the two-process run (it overlaps the single-process worker); yields its dir."""
   out = tmp_path_factory.mktemp("mesh_loop_mp")
   common = ["--devices", "2", "--case", "processes", "--coordinator", f"localhost:{_free_port()}",
-            "--processes", "2"]
+            "--processes", "2"] + (["--full"] if _full(request.config) else [])
   logs = [open(out / f"process{i}.log", "w") for i in (1, 0)]
   procs = [subprocess.Popen(_worker(out, *common, "--process-id", str(i)), stdout=log,
                             stderr=subprocess.STDOUT) for i, log in zip((1, 0), logs)]
@@ -52,11 +55,16 @@ def two_processes(tmp_path_factory):
       log.close()
 
 
+def _full(config):
+  return config.getoption("--full") or os.environ.get("RECTRAIN_FULL_TESTS") == "1"
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, two_processes):
+def runs(tmp_path_factory, two_processes, request):
   out = tmp_path_factory.mktemp("mesh_loop")
-  r = subprocess.run(_worker(out, "--devices", "4", "--case", "single"), capture_output=True,
-                     text=True, timeout=600)
+  full = ["--full"] if _full(request.config) else []
+  r = subprocess.run(_worker(out, "--devices", "4", "--case", "single", *full),
+                     capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   return out
 
@@ -83,8 +91,14 @@ def _assert_same_run(got, base, tail_rows=None):
     np.testing.assert_allclose(x, y, atol=TOL, rtol=TOL)
 
 
+def _needs(runs, name):
+  if not (runs / f"{name}.npz").is_file():
+    pytest.skip(f"{name}: run with pytest --full")
+
+
 @pytest.mark.parametrize("mesh", ["m41", "m22"])
 def test_sharded_loop_matches_one_device(runs, mesh):
+  _needs(runs, mesh)
   base, got = _load(runs, "base"), _load(runs, mesh)
   _assert_same_run(got, base)
   # the tables are padded to a multiple of 128 rows and each device holds a quarter
@@ -101,6 +115,7 @@ def test_sharded_loop_matches_one_device(runs, mesh):
 def test_checkpoint_of_four_devices_resumes_on_fewer(runs, name, shards):
   # checkpoint after 8 of 19 batches of the (4, 1) run (the first batch of 512
   # rows is learned as 64, 64, 128, 256: 2,560 rows), resumed to the end
+  _needs(runs, name)
   got = _load(runs, name)
   _assert_same_run(got, _load(runs, "base"), tail_rows=8192 - 2560)
   assert list(got["shard_rows"]) == shards
@@ -119,6 +134,7 @@ def _assert_same_idmap_run(got, base, tail_rows=None):
 
 @pytest.mark.parametrize("name", ["idmap_m41", "idmap_m22"])
 def test_idmap_on_a_mesh_matches_one_device(runs, name):
+  _needs(runs, name)
   base, got = _load(runs, "idmap_base"), _load(runs, name)
   _assert_same_idmap_run(got, base)
   assert int(got["table_rows"]) % 128 == 0 and int(got["table_rows"]) >= int(base["table_rows"])
@@ -150,3 +166,10 @@ def test_two_processes_match_one(runs, two_processes):
   _assert_same_idmap_run(_load(tmp_path, "idmap_mp"), _load(runs, "idmap_base"))
   for name in os.listdir(tmp_path / "idmap_mp_run" / "checkpoints"):
     assert (tmp_path / "idmap_mp_run" / "checkpoints" / name / "idmap.npz").is_file()
+  # the async simulation and the serving copy over two processes; the offline protocol
+  if not (tmp_path / "async_mp.npz").is_file():
+    return   # these with pytest --full
+  for name in ("async", "serving"):
+    _assert_same_run(_load(tmp_path, f"{name}_mp"), _load(runs, f"{name}_base"))
+  np.testing.assert_allclose(_load(tmp_path, "offline_mp")["test_logloss"],
+                             _load(runs, "offline_base")["test_logloss"], atol=1e-6)

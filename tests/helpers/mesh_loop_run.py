@@ -7,7 +7,8 @@
 ``single`` (one process, 4 devices) writes ``base.npz`` (mesh (1, 1)),
 ``m41.npz``, ``m22.npz``, ``resume1.npz`` / ``resume2.npz`` (a (4, 1) run's
 checkpoint after 8 batches resumed on mesh (1, 1) / (2, 1)), the same with
-the id map (``idmap_base``, ``idmap_m41``, ``idmap_m22``, ``idmap_resume4``)
+the id map (``idmap_base``, ``idmap_m41``, ``idmap_m22``, ``idmap_resume4``;
+the (2, 2) and 4 -> 2 cases only with ``--full``)
 and ``errors.json`` (the messages of refused configs). ``processes`` writes
 ``mp.npz`` and ``idmap_mp.npz`` from process 0 (mesh (-1, 1) over the
 devices of all processes).
@@ -27,6 +28,7 @@ p.add_argument("--case", choices=("single", "processes"), default="single")
 p.add_argument("--coordinator", default="")
 p.add_argument("--processes", type=int, default=1)
 p.add_argument("--process-id", type=int, default=0)
+p.add_argument("--full", action="store_true", help="also the (2, 2) and 4 -> 2 cases")
 args = p.parse_args()
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
 os.environ["JAX_PLATFORMS"] = "cpu"
@@ -98,21 +100,40 @@ def run(name, *extra, workdir=None):
 os.makedirs(args.out, exist_ok=True)
 # The collision-free id map (small enough to evict): one device, a mesh, a resume.
 IDMAP = ["idmap.enabled=True", "idmap.capacity=2000"]
+# Step features and the offline protocol over two processes against one device.
+ASYNC = ["train.async_sim.enabled=True", "train.async_sim.tau=2", "optim.dense.learning_rate=1e-3"]
+SERVING = ["serving.sync_tables_s=3600", "serving.sync_dense_s=1800"]
+OFFLINE = ["data.max_rows=4096", "offline.epochs=2", "offline.evals_per_epoch=2",
+           "offline.between_epochs=reinit", "offline.eval_data.start_row=8192",
+           "offline.eval_data.max_rows=2048"]
+
+
+def run_offline(name, *extra):
+  from rectrain.train.loop import train_offline
+  s = train_offline(config(*OFFLINE, *extra))
+  if jax.process_index() == 0:
+    np.savez(os.path.join(args.out, f"{name}.npz"),
+             test_logloss=np.asarray([p["test"]["logloss"] for p in s["points"]]))
 
 if args.case == "processes":
   run("mp", "mesh.shape=(-1,1)", "train.checkpoint_every=8",
       workdir=os.path.join(args.out, "mp_run"))
   run("idmap_mp", "mesh.shape=(-1,1)", "train.checkpoint_every=8", *IDMAP,
       workdir=os.path.join(args.out, "idmap_mp_run"))
+  if args.full:
+    run("async_mp", "mesh.shape=(-1,1)", *ASYNC)
+    run("serving_mp", "mesh.shape=(-1,1)", *SERVING)
+    run_offline("offline_mp", "mesh.shape=(-1,1)")
   jax.distributed.shutdown()
 else:
   run("base")
   work = os.path.join(args.out, "m41_run")
   run("m41", "mesh.shape=(4,1)", "train.checkpoint_every=8", "train.keep_checkpoints=10",
       workdir=work)
-  run("m22", "mesh.shape=(2,2)")
+  if args.full:
+    run("m22", "mesh.shape=(2,2)")
   # resume the (4, 1) run from its checkpoint after 8 of 16 batches on fewer devices
-  for devices in (1, 2):
+  for devices in ((1, 2) if args.full else (1,)):
     again = os.path.join(args.out, f"resume{devices}_run")
     shutil.copytree(work, again)
     for name in os.listdir(os.path.join(again, "checkpoints")):
@@ -120,10 +141,15 @@ else:
         shutil.rmtree(os.path.join(again, "checkpoints", name))
     run(f"resume{devices}", f"mesh.shape=({devices},1)", workdir=again)
   run("idmap_base", *IDMAP)
+  if args.full:
+    run("async_base", *ASYNC)
+    run("serving_base", *SERVING)
+    run_offline("offline_base")
   work = os.path.join(args.out, "idmap_m41_run")
   run("idmap_m41", "mesh.shape=(4,1)", "train.checkpoint_every=8", "train.keep_checkpoints=10",
       *IDMAP, workdir=work)
-  run("idmap_m22", "mesh.shape=(2,2)", *IDMAP)
+  if args.full:
+    run("idmap_m22", "mesh.shape=(2,2)", *IDMAP)
   again = os.path.join(args.out, "idmap_resume4_run")   # the map's state restored on 4 devices
   shutil.copytree(work, again)
   for name in os.listdir(os.path.join(again, "checkpoints")):
