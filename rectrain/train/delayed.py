@@ -62,6 +62,7 @@ import rectrain.metrics as metrics_lib
 from rectrain.data.batch import DEVICE_KEYS, add_unique
 from rectrain.models.multihead import MultiHeadTower, serve_probability
 from rectrain.models.tables import init_tables
+from rectrain.train import sharding as sh
 from rectrain.config_sections import delayed_config_defaults  # noqa: F401 - defined there (no jax)
 
 METHODS = ("pretrained", "oracle", "vanilla", "fnw", "fnc", "esdfm", "defer", "multihead")
@@ -452,13 +453,16 @@ def tower_from_model_config(model_cfg, num_heads: int) -> MultiHeadTower:
 
 
 def create_tower_and_state(config, tower: MultiHeadTower, num_rows: int, num_fields: int,
-                           num_dense: int, seed: int):
-  """Like :func:`rectrain.train.loop.create_model_and_state`, for a given tower module."""
+                           num_dense: int, seed: int, table_rows: int | None = None):
+  """Like :func:`rectrain.train.loop.create_model_and_state`, for a given tower module
+  (``table_rows > num_rows``: zero padding rows appended, for a sharded run)."""
   from rectrain.train.build import build_optimizers
   from rectrain.train.step import init_train_state
   specs = tower.table_specs()
   k_tables, k_dense = jax.random.split(jax.random.PRNGKey(seed))
   tables = init_tables(k_tables, specs, num_rows)
+  if table_rows is not None and table_rows != num_rows:
+    tables = {k: jnp.pad(t, ((0, table_rows - num_rows), (0, 0))) for k, t in tables.items()}
   rows = {s.name: jnp.zeros((2, num_fields, s.dim), jnp.float32) for s in specs}
   dense_params = tower.init(k_dense, rows, jnp.zeros((2, num_dense), jnp.float32))
   dense_opt, sparse_opts = build_optimizers(config, [s.name for s in specs])
@@ -466,26 +470,34 @@ def create_tower_and_state(config, tower: MultiHeadTower, num_rows: int, num_fie
   return state, dense_opt, sparse_opts
 
 
-def make_serve(model, kind: str = "sigmoid") -> Callable:
-  """Jitted ``serve(dense_params, tables, batch) -> prob_B``.
+def serve_rule(model, kind: str = "sigmoid") -> Callable:
+  """``serve(placement, dense_params, tables, batch) -> prob_B`` (not jitted).
 
   ``kind``: ``sigmoid`` (one logit), ``fnc`` (FNC calibration of the
   sigmoid), ``heads`` (multi-head: sum of the heads' probabilities), ``raw``
-  (the sigmoid of every output, e.g. ``(B, K)``).
+  (the sigmoid of every output, e.g. ``(B, K)``). ``placement``: where the
+  tables live (rectrain/train/step.py).
   """
-  from rectrain.train.step import gather_rows, make_forward
-  forward = make_forward(model)
+  from rectrain.train.delayed_devices import forward_with
+  if kind not in ("sigmoid", "fnc", "heads", "raw"):
+    raise ValueError(f"make_serve: unknown kind {kind!r}")
+  logits_of = forward_with(model)
 
-  def serve(dense_params, tables, batch):
-    logits = forward(dense_params, gather_rows(tables, batch["unique"]), batch)
+  def serve(placement, dense_params, tables, batch):
+    logits = logits_of(placement, dense_params, tables, batch)
     if kind == "heads":
       return serve_probability(logits)
     prob = jax.nn.sigmoid(logits)
     return fnc_calibrate(prob) if kind == "fnc" else prob
 
-  if kind not in ("sigmoid", "fnc", "heads", "raw"):
-    raise ValueError(f"make_serve: unknown kind {kind!r}")
-  return jax.jit(serve)
+  return serve
+
+
+def make_serve(model, kind: str = "sigmoid") -> Callable:
+  """Jitted ``serve(dense_params, tables, batch) -> prob_B`` on one device (see :func:`serve_rule`)."""
+  from rectrain.train.step import LOCAL
+  rule = serve_rule(model, kind)
+  return jax.jit(lambda dense_params, tables, batch: rule(LOCAL, dense_params, tables, batch))
 
 
 def _stack(batches: List[dict]) -> dict:
@@ -495,15 +507,16 @@ def _stack(batches: List[dict]) -> dict:
 def _train_batches(multi, state, batches: Iterable[dict], k: int):
   """Runs ``multi`` over ``batches`` in groups of ``k`` (then singly); returns state, losses."""
   losses, buf = [], []
+  from rectrain.train.delayed_devices import scalar_to_host
   for b in batches:
     buf.append(b)
     if len(buf) == k:
       state, out = multi(state, _stack(buf))
-      losses.append(out.loss)
+      losses.append(scalar_to_host(out.loss))
       buf = []
   for b in buf:
     state, out = multi(state, _stack([b]))
-    losses.append(out.loss)
+    losses.append(scalar_to_host(out.loss))
   return state, losses
 
 
@@ -635,8 +648,9 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
   from rectrain.configs import validate
   from rectrain.data.delay_join import LabelJoiner
   from rectrain.train.build import create_model_and_state
-  from rectrain.train.step import make_multi_step, make_train_step
+  from rectrain.train.delayed_devices import Devices, scalar_to_host
   from rectrain.train.features import refuse_ignored
+  from rectrain.train.loop_mesh import _run_mesh
   validate(config)
   refuse_ignored(config, "delayed")
   dc = resolve_delayed_config(config)
@@ -659,24 +673,28 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
   batch_size = int(config.data.batch_size)
   k = int(config.train.steps_per_dispatch)
 
+  mesh = _run_mesh(config)  # None: one device
   stream = _stream(config, seed_rows + inc_rows)
   num_rows, num_fields, num_dense = stream.num_rows, stream.layout.num_fields, stream.num_dense
+  table_rows = num_rows if mesh is None else sh.padded_rows(num_rows, mesh)
+  devices = Devices(mesh, table_rows)
   snapshot_s = tuple(float(s) for s in dc.snapshot_s)
   if method == "multihead":
     model = tower_from_model_config(config.model, len(snapshot_s))
     state, dense_opt, sparse_opts = create_tower_and_state(
-        config, model, num_rows, num_fields, num_dense, int(config.seed))
-    serve = make_serve(model, "heads")
-    seed_loss = multihead_loss
+        config, model, num_rows, num_fields, num_dense, int(config.seed), table_rows)
+    serve_kind, seed_loss = "heads", multihead_loss
   else:
     model, state, dense_opt, sparse_opts, _ = create_model_and_state(
-        config, num_rows, num_fields, num_dense)
-    serve = make_serve(model, "fnc" if method == "fnc" else "sigmoid")
+        config, num_rows, num_fields, num_dense, table_rows=table_rows)
+    serve_kind = "fnc" if method == "fnc" else "sigmoid"
     seed_loss = fnc_seed_loss if method == "fnc" else plain_loss
-  seed_multi = make_multi_step(make_train_step(model, dense_opt, sparse_opts, loss_fn=seed_loss))
-  inc_multi = seed_multi if LOSSES[method] is seed_loss else make_multi_step(
-      make_train_step(model, dense_opt, sparse_opts, loss_fn=LOSSES[method]))
-  main_prob = make_serve(model, "sigmoid") if method == "esdfm" else None
+  state = devices.place_state(state)
+  serve = devices.serve(serve_rule(model, serve_kind), state)
+  seed_multi = devices.multi(model, dense_opt, sparse_opts, seed_loss, state)
+  inc_multi = seed_multi if LOSSES[method] is seed_loss else devices.multi(
+      model, dense_opt, sparse_opts, LOSSES[method], state)
+  main_prob = devices.serve(serve_rule(model, "sigmoid"), state) if method == "esdfm" else None
 
   use_aux = method in ("esdfm", "defer")
   aux_state = aux_multi = aux_serve = None
@@ -684,10 +702,10 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
     aux_model = MultiHeadTower(num_heads=2, embed_dim=int(dc.aux.embed_dim),
                                mlp_dims=tuple(dc.aux.mlp_dims), linear=True, fm=False)
     aux_state, aux_opt, aux_sparse = create_tower_and_state(
-        config, aux_model, num_rows, num_fields, num_dense, int(config.seed) + 1)
-    aux_multi = make_multi_step(make_train_step(aux_model, aux_opt, aux_sparse,
-                                                loss_fn=multihead_loss))
-    aux_serve = make_serve(aux_model, "raw")
+        config, aux_model, num_rows, num_fields, num_dense, int(config.seed) + 1, table_rows)
+    aux_state = devices.place_state(aux_state)
+    aux_multi = devices.multi(aux_model, aux_opt, aux_sparse, multihead_loss, aux_state)
+    aux_serve = devices.serve(serve_rule(aux_model, "raw"), aux_state)
 
   def seed_labels(b):
     y = b["label"]  # impressions carry the true label
@@ -715,7 +733,8 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
     return np.stack([y, f_dp, f_rn], axis=1)
 
   metrics_file = None
-  if workdir:
+  writes = bool(workdir) and jax.process_index() == 0  # several processes: process 0 writes
+  if writes:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
@@ -730,10 +749,10 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
       ph = phases[name]
       if name == "incremental" and t_seed_end is None:
         t_seed_end = time.perf_counter()
-        seed_steps = int(state.step)
+        seed_steps = int(scalar_to_host(state.step))
       record = {"phase": name, "window": ph.windows, "start": float(w.start), "end": float(w.end)}
       # Test: the impressions of the window, TRUE labels, the model before this window.
-      impressions = [add_unique(dict(b), num_rows) for b in w.impressions]
+      impressions = [add_unique(dict(b), table_rows) for b in w.impressions]
       if impressions:
         probs = [np.asarray(serve(state.dense_params, state.tables, _features(b)))
                  for b in impressions]
@@ -761,7 +780,7 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
             aux_state, aux_losses = _train_batches(aux_multi, aux_state, aux_batches, k)
             record["aux_loss"] = _mean_loss(aux_losses)
       else:
-        emitted = [add_unique(dict(b), num_rows) for b in w.emitted]
+        emitted = [add_unique(dict(b), table_rows) for b in w.emitted]
         n_emit, n_pos = 0, 0.0
         for b in emitted:
           real = b["weight"] > 0
@@ -798,17 +817,22 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
   jax.block_until_ready(state)
   t_end = time.perf_counter()
   if t_seed_end is None:
-    t_seed_end, seed_steps = t_end, int(state.step)
+    t_seed_end, seed_steps = t_end, int(scalar_to_host(state.step))
   summary = {"method": method, "join_mode": dc.join_mode, "model": config.model.name,
              "seed_rows": seed_rows, "incremental_rows": inc_rows}
   summary.update(phases["incremental"].result())
-  summary.update(seed=phases["seed"].result(), seed_steps=seed_steps, steps=int(state.step),
-                 nonfinite_batches=int(state.nonfinite),
+  summary.update(seed=phases["seed"].result(), seed_steps=seed_steps,
+                 steps=int(scalar_to_host(state.step)),
+                 nonfinite_batches=int(scalar_to_host(state.nonfinite)),
                  seed_time_sec=t_seed_end - t_start, incremental_time_sec=t_end - t_seed_end,
                  wall_time_sec=t_end - t_start, delayed=dc.to_dict(),
                  rows_per_sec=(seed_rows + inc_rows) / max(t_end - t_start, 1e-9),
-                 param_count=_param_count(state))
-  if workdir:
+                 param_count=_param_count(state, num_rows))
+  if mesh is not None:
+    summary["mesh"] = {"shape": [int(mesh.shape[a]) for a in sh.AXES],
+                       "devices": sh.mesh_size(mesh), "processes": jax.process_count(),
+                       "table_rows": table_rows}
+  if writes:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(_jsonable(summary), f, indent=2)
   summary["_state"] = state
@@ -817,9 +841,11 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
   return summary
 
 
-def _param_count(state) -> int:
-  """Parameters of the served model: dense parameters and embedding tables (no optimizer state)."""
-  return int(sum(np.size(x) for x in jax.tree_util.tree_leaves((state.dense_params, state.tables))))
+def _param_count(state, num_rows: int) -> int:
+  """Parameters of the served model: dense parameters and the tables' ``num_rows`` real
+  rows (no optimizer state, no padding rows of a sharded run)."""
+  dense = sum(np.size(x) for x in jax.tree_util.tree_leaves(state.dense_params))
+  return int(dense + sum(num_rows * t.shape[1] for t in state.tables.values()))
 
 
 def _delay(batch) -> np.ndarray:

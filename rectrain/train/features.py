@@ -69,7 +69,7 @@ HONOURED = {
     "stream": frozenset({"mesh", "async_sim", "serving", "idmap", "learn", "warm_start",
                          "checkpoints"}),
     "offline": frozenset({"offline", "mesh"}),
-    "delayed": frozenset({"delayed"}),
+    "delayed": frozenset({"delayed", "mesh"}),
 }
 
 

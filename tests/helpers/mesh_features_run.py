@@ -77,5 +77,16 @@ for mesh in ("(1,1)", "(4,1)"):
   results[f"offline_{mesh}"] = {"test_logloss": [p["test"]["logloss"] for p in s["points"]],
                                 "test_auc": [p["test"]["auc"] for p in s["points"]],
                                 "mesh": s.get("mesh")}
+# The delayed-feedback protocol (ES-DFM: the main and the auxiliary model).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from test_delayed import small_config as delayed_config  # noqa: E402
+from rectrain.train.delayed import train_delayed  # noqa: E402
+
+for mesh in ("(1,1)", "(4,1)"):
+  c = delayed_config("esdfm", rows=20_000)
+  configs.apply_overrides(c, [f"mesh.shape={mesh}"])
+  s = train_delayed(c)
+  results[f"delayed_{mesh}"] = {k: s.get(k) for k in ("auc", "logloss", "steps", "param_count",
+                                                        "rows", "mesh")}
 with open(os.path.join(out, "results.json"), "w") as f:
   json.dump(results, f)
