@@ -17,7 +17,8 @@ from rectrain.models import build_model, default_model_config, init_tables
 from rectrain.optim import (fixed_staleness, get_optimizer, get_sparse_optimizer,
                             random_staleness, sparse_apply)
 from rectrain.train import checkpoint as ckpt
-from rectrain.train.async_sim import (AsyncState, async_config_defaults, make_async_train_step,
+from rectrain.train.transforms import RunState
+from rectrain.train.async_sim import (NAME, async_config_defaults, make_async_train_step,
                                       make_async_train_step_from_config)
 from rectrain.train.step import (init_train_state, make_forward, make_multi_step,
                                  make_train_step, weighted_logloss)
@@ -191,7 +192,7 @@ SYNC_STATE, SYNC_OUT = make_multi_step(make_train_step(MODEL, DENSE_OPT, SPARSE_
 def test_tau_zero_equals_synchronous_step_bit_for_bit(dc):
   """Without DC bit for bit; with DC (a zero correction, other XLA fusions) to 1e-6."""
   astate, out = _run_async(tau=0, delay_compensation=dc)
-  assert astate.dense_history is None and astate.row_history is None
+  assert astate.feature(NAME).dense_history is None and astate.feature(NAME).row_history is None
   if dc is None:
     for a, b in zip(jax.tree.leaves((astate.train, out)), jax.tree.leaves((SYNC_STATE, SYNC_OUT))):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -222,7 +223,7 @@ def test_fixed_tau_two_equals_reference_loop(dc):
   np.testing.assert_allclose(np.asarray(out.preds_B), ref_preds, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(np.asarray(out.loss), ref_losses, rtol=1e-6)
   assert np.asarray(out.applied).all() and int(astate.step) == NUM_STEPS
-  assert list(np.asarray(jnp.stack([astate.tau]))) == [2]
+  assert list(np.asarray(jnp.stack([astate.feature(NAME).tau]))) == [2]
   # Staleness (and DC) matter far beyond the tolerance: the test can fail.
   assert _max_diff(astate.train.tables, SYNC_STATE.tables) > 1e-3
   assert _max_diff(astate.train.dense_params, SYNC_STATE.dense_params) > 1e-3
@@ -249,7 +250,7 @@ def test_dc_with_zero_lambda_equals_plain_asgd():
   astate, out = _run_async(tau=2, delay_compensation={"lambda_": 0.0, "adaptive": True})
   _assert_close((astate.train, out), (plain.train, plain_out))
   # The mean square is still tracked, and only at touched rows.
-  ms = np.asarray(astate.dc_rows["embedding"])
+  ms = np.asarray(astate.feature(NAME).dc_rows["embedding"])
   assert ms[: NUM_ROWS // 2].max() > 0 and ms[NUM_ROWS // 2:].max() == 0
 
 
@@ -261,8 +262,8 @@ def test_adaptive_runs_and_differs_from_constant_and_plain():
   for other in (plain, const):
     assert _max_diff(adapt.train.tables, other.train.tables) > 1e-4
     assert _max_diff(adapt.train.dense_params, other.train.dense_params) > 1e-4
-  assert float(np.asarray(adapt.dc_rows["embedding"]).max()) > 0
-  assert float(max(np.asarray(x).max() for x in jax.tree.leaves(adapt.dc_dense))) > 0
+  assert float(np.asarray(adapt.feature(NAME).dc_rows["embedding"]).max()) > 0
+  assert float(max(np.asarray(x).max() for x in jax.tree.leaves(adapt.feature(NAME).dc_dense))) > 0
 
 
 def test_round_robin_equals_fixed_tau_workers_minus_one():
@@ -312,7 +313,7 @@ def test_wrong_unique_length_and_missing_max_unique_are_errors():
 
 
 def test_checkpoint_resume_and_no_recompilation(tmp_path):
-  """Orbax round trip of an AsyncState; three dispatches of one jitted scan trace it once."""
+  """Orbax round trip of the async run state; three dispatches of one jitted scan trace it once."""
   init_fn, step_fn = make_async_train_step(MODEL, DENSE_OPT, SPARSE_OPTS, staleness="random",
                                            tau=2, max_unique=U, delay_compensation=ADAPTIVE)
   traces = []
@@ -327,8 +328,8 @@ def test_checkpoint_resume_and_no_recompilation(tmp_path):
   mid, _ = multi(init_fn(STATE0), first)
   path = ckpt.save_checkpoint(str(tmp_path), 3, mid, {"batches": 3})
   restored, meta = ckpt.restore_checkpoint(path, init_fn(STATE0))
-  assert isinstance(restored, AsyncState) and meta == {"batches": 3}
-  assert restored.row_history.last_step_N.max() == 2  # history was saved, not re-initialised
+  assert isinstance(restored, RunState) and meta == {"batches": 3}
+  assert restored.feature(NAME).row_history.last_step_N.max() == 2  # history was saved, not re-initialised
   assert jax.tree.structure(restored) == jax.tree.structure(mid)
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(mid)):
     assert a.dtype == b.dtype

@@ -112,7 +112,7 @@ def test_idmap_and_serving_state_are_covered(tmp_path, caplog, extra, damaged_fi
       f.seek(os.path.getsize(target) // 2)
       f.write(flipped)
   else:
-    assert "serving" in meta
+    assert "serving" in meta["hooks"] and meta["transforms"] == ["serving"]
     _damage(done[-1])
   assert ckpt.verify_checkpoint(done[-1]) is not None
   with caplog.at_level(logging.WARNING, logger="rectrain.train.checkpoint"):
@@ -124,15 +124,15 @@ def test_checkpoint_of_an_older_format_is_refused_naming_the_format(tmp_path):
   work = tmp_path / "run"
   train_stream(configs.apply_overrides(_config(), ["data.max_rows=4096"]), workdir=str(work))
   newest = ckpt._complete(str(work))[-1]
-  assert ckpt.checkpoint_format(newest) == ckpt.FORMAT == 3
+  assert ckpt.checkpoint_format(newest) == ckpt.FORMAT == 4
   meta_path = os.path.join(newest, "meta.json")
   meta = json.loads(open(meta_path).read())
   meta["checkpoint_format"] = 2   # as written before the tables' optax states
   open(meta_path, "w").write(json.dumps(meta))
-  with pytest.raises(ValueError, match=r"checkpoint format 2 .*resumes format 3 only.*"
+  with pytest.raises(ValueError, match=r"checkpoint format 2 .*resumes formats \(3, 4\) only.*"
                                        r"train.warm_start.path="):
     train_stream(_config(), workdir=str(work))
-  meta["checkpoint_format"] = 4
+  meta["checkpoint_format"] = 5
   open(meta_path, "w").write(json.dumps(meta))
-  with pytest.raises(ValueError, match=r"checkpoint format 4 was written by a newer rectrain"):
+  with pytest.raises(ValueError, match=r"checkpoint format 5 was written by a newer rectrain"):
     train_stream(_config(), workdir=str(work))

@@ -167,6 +167,7 @@ def test_idmap_config_errors(tmp_path):
     train_offline(config_of(tiny + ["idmap.enabled=True", "offline.epochs=1",
                                     "offline.eval_data.max_rows=256"]))
   train_stream(config_of(tiny), workdir=str(tmp_path))       # a run without the map
-  with pytest.raises(FileNotFoundError, match="idmap.npz"):
+  with pytest.raises(ValueError, match=r"written with step transforms none and hooks none, but "
+                                       r"this config has \['idmap_reset'\] and \['idmap'\]"):
     train_stream(config_of(tiny + ["idmap.enabled=True", "idmap.capacity=64"]),
                  workdir=str(tmp_path))

@@ -101,7 +101,7 @@ def test_one_smoke_point_runs(tmp_path):
   assert summary["rows"] == 1024 and summary["batches"] == 4
   assert summary["nonfinite_batches"] == 0
   assert 0.0 < summary["logloss"] < 5.0 and 0.0 <= summary["auc"] <= 1.0
-  # The async step really ran: its final state is the train state of an AsyncState.
+  # The async step really ran: its final state is the train state of the async run state.
   assert int(summary["_state"].step) == 4
   run = ex.load_run(workdir)
   assert run.label == "default: DC-ASGD-a tau=4"

@@ -33,6 +33,7 @@ from rectrain.data.synthetic import SyntheticStream
 from rectrain.train import serving
 from rectrain.train.loop import create_model_and_state
 from rectrain.train.step import make_multi_step, make_train_step
+from rectrain.train.transforms import chain
 
 K = 8
 SIZES = {
@@ -67,8 +68,8 @@ def time_variant(size: dict, variant: str, num_batches: int, reps: int) -> float
   step = make_train_step(model, dense_opt, sparse_opts)
   every = {"served, rare syncs": 64, "served, sync every batch": 1, "naive full copy": 64}.get(variant)
   if variant.startswith("served"):
-    step = serving.make_serving_step(step, model, True, True)
-    state = serving.init_serving_state(state, True, True)
+    init, step = chain(step, [serving.serving_transform(model, True, True)])
+    state = init(state)
   elif variant == "naive full copy":
     step = naive_full_copy_step(step)
     state = (state, {k: jnp.copy(v) for k, v in state.tables.items()})

@@ -77,6 +77,7 @@ from rectrain.optim.sparse import gather_rows, scatter_rows
 from rectrain.train.step import (LOCAL, Placement, StepOutput, TrainState, all_finite,
                                  apply_gradients, make_forward, make_grad_fn, step_output,
                                  weighted_logloss)
+from rectrain.train.transforms import RunState, StepTransform
 from rectrain.config_sections import async_config_defaults  # noqa: F401 - defined there (no jax)
 
 PyTree = Any
@@ -105,12 +106,14 @@ class RowHistory(NamedTuple):
   rows_RxUxW: Dict[str, jax.Array]
 
 
-class AsyncState(NamedTuple):
-  """The train state plus what the simulation remembers; a pytree (checkpoint it whole).
+class AsyncHistory(NamedTuple):
+  """What the simulation remembers: the state of the ``async_sim`` step transform
+  (``RunState.features["async_sim"]``; a pytree, checkpointed with the run state).
+
+  The train state of the current parameters theta_t is ``RunState.train``
+  (``train.step`` = t counts applied updates).
 
   Attributes:
-    train: the TrainState of the current parameters theta_t (same structure as
-      the synchronous step's; ``train.step`` = t counts applied updates).
     dense_history: StaleParams ring of the last R pre-update dense params
       (``snapshots`` leaves R x ...); None when R = 0.
     row_history: :class:`RowHistory` of the last R row updates; None when R = 0.
@@ -119,20 +122,14 @@ class AsyncState(NamedTuple):
     dc_rows: ``{table: N x W}`` mean squares of adaptive DC; None otherwise.
     tau: int32, the staleness used by the last step.
   """
-  train: TrainState
   dense_history: Optional[StaleParams]
   row_history: Optional["RowHistory"]
   dc_dense: Any
   dc_rows: Optional[Dict[str, jax.Array]]
   tau: jax.Array
 
-  @property
-  def step(self) -> jax.Array:
-    return self.train.step
 
-  @property
-  def nonfinite(self) -> jax.Array:
-    return self.train.nonfinite
+NAME = "async_sim"  # the transform's name: its state is RunState.features[NAME]
 
 
 def _max_tau(staleness: str, tau: int, workers: int) -> int:
@@ -217,7 +214,7 @@ def stale_rows(hist: RowHistory, ids_U: jax.Array, rows_now: Dict[str, jax.Array
   the window keep ``rows_now``.
 
   Args:
-    hist: ``AsyncState.row_history``.
+    hist: ``AsyncHistory.row_history``.
     ids_U: the batch's unique ids, padded with N (any order).
     rows_now: ``{table: U x W}`` current rows at ``ids_U``.
     step: int32, the number of updates applied so far (t).
@@ -313,8 +310,8 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
 
   Returns:
     ``(init_fn, step_fn)``: ``init_fn(train_state, max_unique=None) ->
-    AsyncState`` and ``step_fn(async_state, batch) -> (async_state,
-    StepOutput)`` (not jitted; wrap it with ``make_multi_step`` or jax.jit);
+    RunState`` (the history under ``features["async_sim"]``) and
+    ``step_fn(run_state, batch) -> (run_state, StepOutput)`` (not jitted; wrap it with ``make_multi_step`` or jax.jit);
     the StepOutput's gradient norms are those of the applied (stale, and
     compensated if DC is on) gradients.
     ``batch["unique"]`` must hold distinct ids padded with N.
@@ -334,7 +331,7 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
   forward = make_forward(model)
   grads = make_grad_fn(model, loss_fn, placement)  # the one objective and gradient (train/step.py)
 
-  def init_fn(train_state: TrainState, max_unique_: Optional[int] = None) -> AsyncState:
+  def init_history(train_state: TrainState, max_unique_: Optional[int] = None) -> AsyncHistory:
     width_u = max_unique_ if max_unique_ is not None else max_unique
     missing = set(train_state.tables) - set(sparse_opts)
     if missing:
@@ -351,11 +348,11 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
       dc_dense = dc.init(train_state.dense_params)
       if dc_opts["adaptive"]:
         dc_rows = {k: jnp.zeros_like(t) for k, t in train_state.tables.items()}
-    return AsyncState(train=train_state, dense_history=dense_history, row_history=row_history,
-                      dc_dense=dc_dense, dc_rows=dc_rows, tau=jnp.zeros((), jnp.int32))
+    return AsyncHistory(dense_history=dense_history, row_history=row_history,
+                        dc_dense=dc_dense, dc_rows=dc_rows, tau=jnp.zeros((), jnp.int32))
 
-  def step_fn(astate: AsyncState, batch) -> tuple[AsyncState, StepOutput]:
-    state = astate.train
+  def step_fn(run: RunState, batch) -> tuple[RunState, StepOutput]:
+    state, astate = run.train, run.feature(NAME)
     unique_U = batch["unique"]
     num_rows = _num_rows(state.tables)   # this device's rows
     rows_now_U, local_U = placement.rows(state.tables, unique_U)
@@ -411,12 +408,23 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
 
     if predictions == "current":
       logits_B = forward(state.dense_params, rows_now_U, batch)
-    new_astate = AsyncState(train=new_train, dense_history=dense_history,
-                            row_history=row_history, dc_dense=dc_dense, dc_rows=dc_rows,
-                            tau=tau_t)
-    return new_astate, step_output(logits_B, loss, ok, g_dense, g_rows)
+    new_astate = AsyncHistory(dense_history=dense_history, row_history=row_history,
+                              dc_dense=dc_dense, dc_rows=dc_rows, tau=tau_t)
+    return (RunState(new_train, {**run.features, NAME: new_astate}),
+            step_output(logits_B, loss, ok, g_dense, g_rows))
+
+  def init_fn(train_state: TrainState, max_unique_: Optional[int] = None) -> RunState:
+    return RunState(train_state, {NAME: init_history(train_state, max_unique_)})
 
   return init_fn, step_fn
+
+
+def async_transform(init_fn: Callable, step_fn: Callable) -> StepTransform:
+  """The simulation as the step transform ``async_sim``, from the ``(init_fn, step_fn)`` of
+  :func:`make_async_train_step` or :func:`make_async_train_step_from_config`. It
+  computes the update at stale parameters itself, so it comes first in a chain."""
+  return StepTransform(NAME, wrap=lambda inner: step_fn,
+                       init=lambda train: init_fn(train).feature(NAME), replaces_step=True)
 
 
 def _num_rows(tables) -> int:

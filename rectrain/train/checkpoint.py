@@ -1,6 +1,7 @@
 """Checkpoints (orbax) with the stream position, resume, and warm start.
 
-Layout: ``DIR/checkpoints/<batches>/state`` (orbax, the whole TrainState) and
+Layout: ``DIR/checkpoints/<batches>/state`` (orbax, the whole state: the loop's
+RunState, rectrain/train/transforms.py) and
 ``DIR/checkpoints/<batches>/meta.json`` (stream position, metric state, ...).
 ``meta.json`` is written last, so a checkpoint without it (a run killed while
 saving) is ignored by :func:`latest_checkpoint`. Extra files (e.g. the id map's
@@ -84,9 +85,14 @@ PARTIAL = ".partial"  # suffix of a checkpoint being written
 # 2: meta.json carries the manifest. 3: a table's optimizer state is the optax
 # state of its transform (rectrain.optim.sparse), e.g. rowwise_adagrad's
 # (ScaleByRowwiseAdagradState(accumulator), EmptyState()) instead of format 2's
-# RowwiseAdagradRows(accumulator).
-FORMAT = 3
-RESTORES = (3,)  # formats this code resumes from (warm starts read any format)
+# RowwiseAdagradRows(accumulator). 4: the streaming loop saves its run state,
+# RunState(train, features={transform name: state}) (rectrain/train/transforms.py),
+# and meta.json names the step transforms (``transforms``) and holds the hooks'
+# states (``hooks``); format 3 saved a bare TrainState (or the serving / async
+# wrappers of it) and per-feature meta keys. A format-3 checkpoint of a run
+# without those features resumes as it is.
+FORMAT = 4
+RESTORES = (3, 4)  # formats this code resumes from (warm starts read any format)
 MANIFEST = "manifest"
 _CHUNK = 1 << 22
 
@@ -195,7 +201,7 @@ def check_format(path: str) -> None:
     raise ValueError(f"{path}: checkpoint format {fmt} was written by a newer rectrain; this "
                      f"one resumes format {FORMAT}: update rectrain")
   raise ValueError(f"{path}: checkpoint format {fmt} (table optimizer state before rectrain's "
-                   f"optax row-wise tables); this rectrain resumes format {FORMAT} only: start "
+                   f"optax row-wise tables); this rectrain resumes formats {RESTORES} only: start "
                    "the run in a new workdir, or take its weights with "
                    f"train.warm_start.path={os.path.dirname(os.path.dirname(path)) or path}")
 
@@ -254,6 +260,18 @@ def _copy_rows(new, old, num_rows: int | None):
   return None
 
 
+def _train_tree(raw):
+  """The train state inside a restored tree: format 4's ``RunState.train``, format 3's
+  serving (``live``) or async (``train``) wrapper, or the bare train state."""
+  while isinstance(raw, dict) and "tables" not in raw:
+    inner = raw.get("train", raw.get("live"))
+    if inner is None:
+      raise ValueError("warm start: the checkpoint holds no train state "
+                       f"(top-level keys {sorted(raw)})")
+    raw = inner
+  return raw
+
+
 def warm_start(state, path: str, parts: str = "all", num_rows: int | None = None):
   """Copies parameters from a checkpoint into ``state`` (possibly another model).
 
@@ -276,7 +294,7 @@ def warm_start(state, path: str, parts: str = "all", num_rows: int | None = None
   if parts not in ("all", "embeddings", "dense"):
     raise ValueError(f"warm_start parts={parts!r}: must be all, embeddings or dense")
   path = _resolve(path)
-  raw = _restore_on_one_device(os.path.join(path, "state"))
+  raw = _train_tree(_restore_on_one_device(os.path.join(path, "state")))
   report = {"checkpoint": path, "tables": [], "dense_copied": 0, "dense_kept": 0}
   tables, table_opt = dict(state.tables), dict(state.table_opt_state)
   if parts in ("all", "embeddings"):

@@ -2,9 +2,9 @@
 
 :class:`rectrain.data.idmap.IdMap` (host side, NumPy) assigns table rows to raw
 ids and marks in each batch the rows it (re)assigned (``reset_rows`` /
-``reset_gen``, :data:`rectrain.data.idmap.RESET_KEYS`); :func:`with_row_reset`
-wraps a train step so that those rows and their optimizer state are fresh
-before the step reads them.
+``reset_gen``, :data:`rectrain.data.idmap.RESET_KEYS`); :func:`row_reset_transform`
+(a step transform; :func:`with_row_reset` for a bare train step) makes those
+rows and their optimizer state fresh before the step reads them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from rectrain.data.idmap import RESET_KEYS
 from rectrain.optim import reset_state_rows
 from rectrain.train.step import LOCAL, Placement
+from rectrain.train.transforms import StepTransform
 
 
 def reset_rows(tables, table_opt_state, rows_R, gen_R, specs, sparse_opts, key,
@@ -63,26 +64,40 @@ def reset_rows(tables, table_opt_state, rows_R, gen_R, specs, sparse_opts, key,
 
 
 
+def _reset_train(train, batch, specs, sparse_opts, key, placement):
+  tables, opt = reset_rows(train.tables, train.table_opt_state, batch["reset_rows"],
+                           batch["reset_gen"], specs, sparse_opts, key, placement)
+  return train._replace(tables=tables, table_opt_state=opt)
+
+
 def with_row_reset(step, specs, sparse_opts, key, placement: Placement = LOCAL):
   """Wraps a train step so that it first resets the batch's ``reset_rows``.
 
-  ``step(state, batch)`` is :func:`rectrain.train.step.make_train_step`'s step
-  (or the async simulation's, whose ``state.train`` is reset); the wrapped
-  step reads ``batch["reset_rows"]`` and ``batch["reset_gen"]`` (from
-  :meth:`IdMap.remap_batch`), applies :func:`reset_rows` and calls ``step``
-  on the rest of the batch. Pure, so it goes under ``lax.scan`` / ``jit``.
+  ``step(TrainState, batch)`` is :func:`rectrain.train.step.make_train_step`'s
+  step; the wrapped step reads ``batch["reset_rows"]`` and ``batch["reset_gen"]``
+  (from :meth:`IdMap.remap_batch`), applies :func:`reset_rows` and calls
+  ``step`` on the rest of the batch. Pure, so it goes under ``lax.scan`` /
+  ``jit``. :func:`row_reset_transform` is the same as a step transform.
   """
 
-  def reset_train(train, batch):
-    tables, opt = reset_rows(train.tables, train.table_opt_state, batch["reset_rows"],
-                             batch["reset_gen"], specs, sparse_opts, key, placement)
-    return train._replace(tables=tables, table_opt_state=opt)
-
-  def wrapped(state, batch):
-    if hasattr(state, "train"):
-      state = state._replace(train=reset_train(state.train, batch))
-    else:
-      state = reset_train(state, batch)
-    return step(state, {k: v for k, v in batch.items() if k not in RESET_KEYS})
+  def wrapped(train, batch):
+    train = _reset_train(train, batch, specs, sparse_opts, key, placement)
+    return step(train, {k: v for k, v in batch.items() if k not in RESET_KEYS})
 
   return wrapped
+
+
+NAME = "idmap_reset"
+
+
+def row_reset_transform(specs, sparse_opts, key, placement: Placement = LOCAL) -> StepTransform:
+  """The step transform ``idmap_reset`` (no state): the rows a batch (re)assigns and their
+  optimizer state are reset in ``RunState.train`` before the inner step."""
+
+  def wrap(step):
+    def wrapped(state, batch):
+      return step(state._replace(
+          train=_reset_train(state.train, batch, specs, sparse_opts, key, placement)), batch)
+    return wrapped
+
+  return StepTransform(NAME, wrap=wrap, keys=RESET_KEYS)

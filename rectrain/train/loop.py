@@ -8,7 +8,9 @@ on the current one.
 
 Layout: this module is the loop (:func:`train_stream`); the parts it
 composes live beside it: ``build.py`` (model, optimizers, state from the
-config), ``loop_io.py`` (checkpoints with the per-file stream position,
+config), ``feature_set.py`` (the features a config asks for: step transforms,
+``transforms.py``, composed into the one step, and host hooks, ``hooks.py``,
+called at fixed points; the loop knows none of them by name), ``loop_io.py`` (checkpoints with the per-file stream position,
 metrics lines, warm start, progress), ``loop_mesh.py`` (devices and
 processes), ``loop_features.py`` (serving-copy schedules, id-map windows),
 ``faults.py`` (input / output faults) and ``offline.py`` (the offline
@@ -35,18 +37,18 @@ from rectrain.data.pipeline import prefetch, split_first_batch, with_unique
 from rectrain.train import checkpoint as ckpt
 from rectrain.train import faults
 from rectrain.train.features import refuse_ignored
-from rectrain.train.async_sim import AsyncState, make_async_train_step_from_config
-from rectrain.train import serving as serving_lib
+from rectrain.train.feature_set import check_features, stream_features
+from rectrain.train.hooks import IdMapHook
 from rectrain.train import sharding as sh
-from rectrain.train.idmap_reset import with_row_reset
 from rectrain.train.step import LOCAL, make_multi_step, make_train_step
+from rectrain.train.transforms import chain
 from rectrain.train.build import bias_labels, build_optimizers, create_model_and_state  # noqa: F401
 from rectrain.train.loop_features import (_IdMapWindows, _idmap_checkpoint, _idmap_enabled,
                                           _idmap_restore, _idmap_summary, _make_windows,
-                                          _serving_meta, _sync_schedules)  # noqa: F401
+                                          _sync_schedules)  # noqa: F401
 from rectrain.train.loop_io import (_Progress, _count_lines, _files_before, _jsonable, _meta_of,
                                     _restore, _resume_by_file, _save_checkpoint, _stack,
-                                    _table_bytes, _truncate_jsonl, _warm_start, _warm_start_path,
+                                    _table_bytes, _truncate_jsonl, _warm_start_path,
                                     _write_line)  # noqa: F401
 from rectrain.train.loop_mesh import (_batch_placer, _preds_to_host, _replicated_to_host,
                                       _run_mesh, _sharded_table_bytes)  # noqa: F401
@@ -159,32 +161,21 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   placement = LOCAL if mesh is None else sh.SHARDED
   step_fn = make_train_step(model, dense_opt, sparse_opts, train_dense=learn, train_tables=learn,
                             placement=placement)
-  if config.train.async_sim.enabled:
-    # Simulated asynchronous training: gradients computed at stale parameters.
-    async_init, step_fn = make_async_train_step_from_config(
-        model, dense_opt, sparse_opts, config.train.async_sim,
-        max_unique=config.data.batch_size * num_fields,  # = with_unique's default U
-        placement=placement)
-    state = async_init(state)  # before restore: it is the checkpoint template
-  if im is not None:  # reset (re)assigned rows and their optimizer state before each step
-    step_fn = with_row_reset(step_fn, model.table_specs(), sparse_opts,
-                             jax.random.fold_in(jax.random.PRNGKey(config.seed), 1), placement)
-  serving = config.get("serving", None)
-  schedules = None
-  if serving_lib.serving_enabled(serving):  # predictions from a served copy, synced on event time
-    stale = serving_lib.stale_groups(serving)
-    step_fn = serving_lib.make_serving_step(step_fn, model, *stale, placement=placement)
-    state = serving_lib.init_serving_state(state, *stale)  # before restore: the checkpoint template
-    schedules = _sync_schedules(serving)
-  device_keys = DEVICE_KEYS + (idmap_lib.RESET_KEYS if im is not None else ())
+  # The features: step transforms on the device (rectrain/train/transforms.py), hooks on
+  # the host (rectrain/train/hooks.py).
+  transforms, hooks = stream_features(config, model, dense_opt, sparse_opts, num_fields,
+                                      placement, im)
+  init_run, step_fn = chain(step_fn, transforms)
+  state = init_run(state)  # the run state: the train state and each transform's state
+  hook_keys = tuple(k for h in hooks for k in h.device_keys)  # added per group by the hooks
+  device_keys = DEVICE_KEYS + tuple(k for t in transforms for k in t.keys if k not in hook_keys)
   if mesh is None:
     multi = make_multi_step(step_fn)
     place = None
   else:  # before restore: the sharded state is the checkpoint template
     state = sh.shard_state(state, mesh, table_rows)
-    sync_keys = serving_lib.SYNC_KEYS if schedules is not None else ()  # added per group below
-    multi = sh.make_sharded_multi_step(step_fn, mesh, state, table_rows, device_keys + sync_keys)
-    place = _batch_placer(mesh, device_keys + sync_keys)
+    multi = sh.make_sharded_multi_step(step_fn, mesh, state, table_rows, device_keys + hook_keys)
+    place = _batch_placer(mesh, device_keys + hook_keys)
 
   window = _make_windows(config, stream)
   overall = metrics_lib.MetricAccumulator()
@@ -193,7 +184,6 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   ceiling = metrics_lib.MetricAccumulator()
   batches_done = 0
   rows_done = 0
-  im_windows = _IdMapWindows(config.metrics.window_rows) if im is not None else None
   metrics_file = None
   if workdir:
     os.makedirs(workdir, exist_ok=True)
@@ -206,28 +196,27 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   by_file = False  # resumed at a per-file position: nothing to skip
   path = ckpt.latest_checkpoint(workdir) if workdir and resume else None
   if path:
-    if ("serving" in _meta_of(path)) != (schedules is not None):
-      raise ValueError(f"{path}: checkpoint written with serving "
-                       f"{'on' if schedules is None else 'off'} but config.serving has it "
-                       f"{'off' if schedules is None else 'on'}; use another workdir")
+    check_features(path, transforms, hooks)
     state, meta = _restore(path, state, num_rows, table_rows, mesh)
     batches_done, rows_done = meta["batches"], meta["rows"]
     next_row = int(meta.get("stream_rows", 0))
     by_file = _resume_by_file(stream, config, meta, next_row)
     resumed_final = bool(meta.get("final"))
-    if schedules is not None:
-      schedules = _sync_schedules(serving, meta["serving"])
     overall = metrics_lib.MetricAccumulator.from_state(meta["overall"])
     ceiling = metrics_lib.MetricAccumulator.from_state(meta["ceiling"])
     window = metrics_lib.WindowedMetrics.from_state(meta["windows"])
-    if im is not None:
-      im, im_windows = _idmap_restore(path, meta, config.metrics.window_rows)
+    for h in hooks:
+      h.restore(path, meta.get("hooks", {}).get(h.name, {}))
+    if im is not None:  # the restored map feeds the source
+      im = {h.name: h for h in hooks}[IdMapHook.name].im
     resumed_from = path
     if is_main:
       _truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), meta["metrics_lines"])
   elif config.train.warm_start.path:
-    state = _warm_start(state, _warm_start_path(config.train.warm_start.path, workdir, config.seed),
-                        config.train.warm_start.parts, num_rows)
+    # The copied parameters, and every transform's state made from them (the served copy).
+    state = init_run(ckpt.warm_start(
+        state.train, _warm_start_path(config.train.warm_start.path, workdir, config.seed),
+        config.train.warm_start.parts, num_rows)[0])
     if mesh is not None:  # the copied arrays back onto the mesh
       state = sh.shard_state(state, mesh, table_rows)
   if workdir and is_main:
@@ -290,9 +279,8 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
         metrics_lines += 1
       if on_window is not None:
         on_window(w)
-    if im_windows is not None:
-      rows_B = (weights.reshape(n, -1) > 0).sum(axis=1)
-      for rec in im_windows.update(host["idmap_counters"], rows_B, rows_done):
+    for h in hooks:
+      for rec in h.after_output(n, host, weights, rows_done):
         if metrics_file:
           _write_line(metrics_file, rec, workdir)
           metrics_lines += 1
@@ -313,13 +301,17 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     if metrics_file and not metrics_file.closed:
       with faults.writing(workdir, "metrics.jsonl"):
         metrics_file.flush()
-    im_meta, im_files = _idmap_checkpoint(im_windows, group, batches_done)
+    hook_states, files = {}, {}
+    for h in hooks:
+      hook_states[h.name], extra = h.checkpoint(group, batches_done, final)
+      files.update(extra or {})
     path = _save_checkpoint(workdir, batches_done, state, {
         "batches": batches_done, "rows": rows_done, "overall": overall.state(), "ceiling": ceiling.state(),
         "windows": window.state(), "metrics_lines": metrics_lines, "table_rows": table_rows,
         "stream_rows": next_row, "stream_files": _files_before(stream, next_row),
-        **({"final": True} if final else {}), **im_meta, **_serving_meta(schedules)},
-        keep=config.train.keep_checkpoints, extra_files=im_files)
+        **({"final": True} if final else {}),
+        "transforms": [t.name for t in transforms], "hooks": hook_states},
+        keep=config.train.keep_checkpoints, extra_files=files or None)
     saved_at = batches_done
     return path
 
@@ -330,9 +322,8 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       if n == 0:
         break
       device_batch = {key: group[key] for key in device_keys}
-      if schedules is not None:
-        for key, schedule in zip(serving_lib.SYNC_KEYS, schedules):
-          device_batch[key] = schedule.flags(group["time"], group["weight"])
+      for h in hooks:
+        device_batch.update(h.before_dispatch(group))
       if place is not None:
         device_batch = place(device_batch)
       state, out = multi(state, device_batch)
@@ -362,7 +353,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     if fault is not None:  # everything read before an input fault is trained: keep it
       saved = None
       if workdir and batches_done > saved_at:
-        saved = checkpoint(group if im is None else {"_idmap_state": group.get("_idmap_state")})
+        saved = checkpoint(group)
       elif workdir and batches_done:
         saved = faults.newest_checkpoint(workdir)
       raise faults.input_fault(fault, saved, rows_done)
@@ -381,7 +372,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       metrics_lines += 1
     if on_window is not None:
       on_window(w)
-  for rec in (im_windows.final_records(rows_done) if im_windows is not None else []):
+  for rec in (r for h in hooks for r in h.final_records(rows_done)):
     if final_lines:
       _write_line(metrics_file, rec, workdir)
       metrics_lines += 1
@@ -389,10 +380,8 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     with faults.writing(workdir, "metrics.jsonl"):
       metrics_file.close()
   if workdir and not resumed_final:
-    checkpoint({"_idmap_state": im.state()} if im is not None else {}, final=True)
+    checkpoint({}, final=True)
 
-  served = state
-  state = state.live if isinstance(state, serving_lib.ServingState) else state
   result = overall.result()
   bayes = ceiling.result() if ceiling.result()["rows"] else {}
   report = stream.report()
@@ -422,26 +411,22 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       "param_count": params["total"],
       "variation": window.variation(),
       "resumed_from": resumed_from,
-      "table_bytes": _table_bytes(state),
+      "table_bytes": _table_bytes(state.train),
   }
   if mesh is not None:
     summary["table_bytes"], summary["table_bytes_per_device"] = _sharded_table_bytes(
-        state.train if isinstance(state, AsyncState) else state, table_rows, num_rows)
+        state.train, table_rows, num_rows)
     summary["mesh"] = {"shape": [int(mesh.shape[a]) for a in sh.AXES],
                        "devices": sh.mesh_size(mesh), "processes": jax.process_count(),
                        "table_rows": table_rows}
-  if im is not None:
-    summary.update(_idmap_summary(im, im_windows))
-  if schedules is not None:
-    summary["serving"] = {"table_syncs": schedules[0].syncs, "dense_syncs": schedules[1].syncs,
-                          "tables_served_copy": bool(served.served_tables),
-                          "dense_served_copy": bool(served.served_dense)}
+  for h in hooks:
+    summary.update(h.summary(state))
   if workdir and is_main:
     with faults.writing(workdir, "summary.json"), open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(_jsonable(summary), f, indent=2)
-  summary["_state"] = state.train if isinstance(state, AsyncState) else state
-  if im is not None:
-    summary["_idmap"] = im
+  summary["_state"] = state.train
+  for h in hooks:
+    summary.update(h.results())
   if keep_predictions:
     summary["_predictions"] = (np.concatenate(kept_predictions) if kept_predictions
                                else np.zeros((0,), np.float32))

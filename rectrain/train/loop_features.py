@@ -29,12 +29,6 @@ def _sync_schedules(serving, saved: dict | None = None):
   return tuple(out)
 
 
-def _serving_meta(schedules) -> dict:
-  if schedules is None:
-    return {}
-  return {"serving": {"tables": schedules[0].state(), "dense": schedules[1].state()}}
-
-
 def _idmap_enabled(config) -> bool:
   section = config.get("idmap", None)
   return bool(section is not None and section.get("enabled", False))

@@ -16,10 +16,7 @@ import numpy as np
 
 from rectrain.train import checkpoint as ckpt
 from rectrain.train import faults
-from rectrain.train.async_sim import AsyncState
-from rectrain.train import serving as serving_lib
 from rectrain.train import sharding as sh
-from rectrain.train.step import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -30,41 +27,43 @@ def _stack(batches: list[dict]) -> dict:
 
 
 def _restore(path: str, state, num_rows: int, table_rows: int, mesh):
-  """Restores checkpoint ``path`` onto ``state``'s shardings; returns (state, meta).
+  """Restores checkpoint ``path`` onto the run state ``state``'s shardings; returns (state, meta).
 
   A checkpoint written with another device count has its tables padded to
   another ``table_rows`` (meta key ``table_rows``; absent = ``num_rows``): its
-  row leaves are restored whole, cut or zero-padded to this run's rows (only
-  padding rows, never used, differ) and sharded on this run's mesh.
+  row leaves (leading axis of the table's rows: the tables, their optimizer
+  state and the transforms' per-row state) are restored whole, cut or
+  zero-padded to this run's rows (only padding rows, never used, differ) and
+  sharded on this run's mesh. A format-3 checkpoint (a bare train state) is
+  restored into a run state without transform states (``check_features``
+  refused it otherwise).
   """
+  bare = ckpt.checkpoint_format(path) < 4
+  target = state.train if bare else state
   saved = int(_meta_of(path).get("table_rows", num_rows))
   if saved == table_rows:
-    return ckpt.restore_checkpoint(path, state)
-  if not isinstance(state, TrainState) or saved < num_rows:
+    restored, meta = ckpt.restore_checkpoint(path, target)
+    return (state._replace(train=restored) if bare else restored), meta
+  if saved < num_rows:
     raise ValueError(f"{path}: checkpoint tables have {saved} rows; this run needs "
-                     f"{table_rows} rows ({num_rows} real) and a plain train state: "
-                     "another data.cat_buckets, serving or async setting?")
+                     f"{table_rows} rows ({num_rows} real): another data.cat_buckets?")
   local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
-  def abstract(tree):
-    return jax.tree_util.tree_map(
-        lambda x: (jax.ShapeDtypeStruct((saved,) + x.shape[1:], x.dtype, sharding=local)
-                   if x.ndim >= 1 and x.shape[0] == table_rows else x), tree)
+  def abstract(x):
+    return (jax.ShapeDtypeStruct((saved,) + x.shape[1:], x.dtype, sharding=local)
+            if x.ndim >= 1 and x.shape[0] == table_rows else x)
 
-  def fit(tree):
-    def one(x):
-      if x.ndim < 1 or x.shape[0] != saved:
-        return x
-      if saved > table_rows:
-        return x[:table_rows]
-      return jnp.pad(x, [(0, table_rows - saved)] + [(0, 0)] * (x.ndim - 1))
-    return jax.tree_util.tree_map(one, tree)
+  def fit(x):
+    if x.ndim < 1 or x.shape[0] != saved:
+      return x
+    if saved > table_rows:
+      return x[:table_rows]
+    return jnp.pad(x, [(0, table_rows - saved)] + [(0, 0)] * (x.ndim - 1))
 
-  like = state._replace(tables=abstract(state.tables),
-                        table_opt_state=abstract(state.table_opt_state))
-  restored, meta = ckpt.restore_checkpoint(path, like)
-  restored = restored._replace(tables=fit(restored.tables),
-                               table_opt_state=fit(restored.table_opt_state))
+  restored, meta = ckpt.restore_checkpoint(path, jax.tree_util.tree_map(abstract, target))
+  restored = jax.tree_util.tree_map(fit, restored)
+  if bare:
+    restored = state._replace(train=restored)
   if mesh is not None:
     restored = sh.shard_state(restored, mesh, table_rows)
   return restored, meta
@@ -153,23 +152,12 @@ def _warm_start_path(path: str, workdir: str | None, seed: int) -> str:
   return os.path.join(os.path.dirname(os.path.abspath(workdir)), resolved[1:])
 
 
-def _warm_start(state, path: str, parts: str, num_rows: int | None = None):
-  """Warm start of the live TrainState inside a serving / async wrapper."""
-  if isinstance(state, serving_lib.ServingState):
-    stale = (bool(state.served_tables), bool(state.served_dense))
-    return serving_lib.init_serving_state(_warm_start(state.live, path, parts, num_rows), *stale)
-  if isinstance(state, AsyncState):
-    return state._replace(train=ckpt.warm_start(state.train, path, parts, num_rows)[0])
-  return ckpt.warm_start(state, path, parts, num_rows)[0]
-
-
 # ---------------------------------------------------------------------------
 # Collision-free id map (rectrain/data/idmap.py) in the streaming loop.
 
 
-def _table_bytes(state) -> int:
-  """Bytes of the embedding tables and their row-wise optimizer state."""
-  train = state.train if isinstance(state, AsyncState) else state
+def _table_bytes(train) -> int:
+  """Bytes of the embedding tables and their row-wise optimizer state of a TrainState."""
   return int(sum(x.nbytes for x in jax.tree_util.tree_leaves(
       (train.tables, train.table_opt_state))))
 

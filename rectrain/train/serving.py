@@ -69,22 +69,23 @@ map (a re-assigned row would be served the evicted id's embedding).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, NamedTuple
+from typing import Any, Dict, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rectrain.train.step import LOCAL, Placement, make_forward
+from rectrain.train.step import LOCAL, Placement, TrainState, make_forward
+from rectrain.train.transforms import RunState, StepTransform
 
 PyTree = Any
 SYNC_KEYS = ("sync_tables", "sync_dense")
 
 
-class ServingState(NamedTuple):
-  """The live train state plus the served copy (a pytree, checkpointed whole)."""
+class ServedCopy(NamedTuple):
+  """The served copy: the state of the ``serving`` step transform
+  (``RunState.features["serving"]``; a pytree, checkpointed with the run state)."""
 
-  live: PyTree                      # TrainState, or AsyncState (its .train is a TrainState)
   served_dense: PyTree              # dense parameters of the served model ({} when live)
   served_tables: Dict[str, jax.Array]  # name -> (N, W): rows saved since the last sync ({} when live)
   saved_at_N: jax.Array             # (N,) int32: table-sync count at which the row was saved, -1
@@ -92,8 +93,7 @@ class ServingState(NamedTuple):
   syncs: jax.Array                  # int32 scalar: table syncs so far
 
 
-def _train_of(live):
-  return live.train if hasattr(live, "train") else live
+NAME = "serving"  # the transform's name: its state is RunState.features[NAME]
 
 
 def serving_enabled(section) -> bool:
@@ -111,12 +111,10 @@ def stale_groups(section) -> tuple[bool, bool]:
           freeze or bool(section.get("sync_dense_s", 0.0)))
 
 
-def init_serving_state(live, stale_tables: bool, stale_dense: bool) -> ServingState:
-  """Wraps a live state; the served copy starts equal to it (the first batch syncs anyway)."""
-  train = _train_of(live)
+def init_served_copy(train: TrainState, stale_tables: bool, stale_dense: bool) -> ServedCopy:
+  """The served copy of a train state (equal to it; the first batch syncs anyway)."""
   num_rows = next(iter(train.tables.values())).shape[0] if train.tables else 0
-  return ServingState(
-      live=live,
+  return ServedCopy(
       served_dense=jax.tree_util.tree_map(jnp.copy, train.dense_params) if stale_dense else {},
       served_tables=({k: jnp.zeros_like(v) for k, v in train.tables.items()}
                      if stale_tables else {}),
@@ -124,49 +122,51 @@ def init_serving_state(live, stale_tables: bool, stale_dense: bool) -> ServingSt
       syncs=jnp.zeros((), jnp.int32))
 
 
-def make_serving_step(step: Callable, model, stale_tables: bool, stale_dense: bool,
-                      placement: Placement = LOCAL) -> Callable:
-  """Wraps ``step(live, batch)`` so that predictions come from the served copy.
+def serving_transform(model, stale_tables: bool, stale_dense: bool,
+                      placement: Placement = LOCAL) -> StepTransform:
+  """The step transform ``serving``: predictions come from the served copy.
 
-  The wrapped ``step(ServingState, batch)`` reads ``batch["sync_tables"]`` and
-  ``batch["sync_dense"]`` (bool scalars per batch; see :class:`SyncSchedule`),
-  syncs, predicts the batch with the served parameters, saves the batch's
-  rows copy-on-write and calls ``step`` on the live state with the rest of
-  the batch. Pure, so it goes under ``lax.scan`` / ``jit``. Every row read
-  and write goes through ``placement`` (rectrain/train/step.py), so on
-  row-sharded tables each device keeps the served copy of the rows it holds.
+  The wrapped step reads ``batch["sync_tables"]`` and ``batch["sync_dense"]``
+  (bool scalars per batch; see :class:`SyncSchedule`), syncs, predicts the
+  batch with the served parameters, saves the batch's rows copy-on-write and
+  calls the inner step with the rest of the batch. Pure, so it goes under
+  ``lax.scan`` / ``jit``. Every row read and write goes through ``placement``
+  (rectrain/train/step.py), so on row-sharded tables each device keeps the
+  served copy of the rows it holds.
   """
   forward = make_forward(model)
 
-  def served_step(state: ServingState, batch):
-    inner = {k: v for k, v in batch.items() if k not in SYNC_KEYS}
-    train = _train_of(state.live)
-    live_rows_U, local_U = placement.rows(train.tables, batch["unique"])
-    served_dense, served_tables, saved_at_N, syncs = (
-        state.served_dense, state.served_tables, state.saved_at_N, state.syncs)
-    if stale_dense:
-      served_dense = jax.tree_util.tree_map(
-          lambda live, old: jnp.where(batch["sync_dense"], live, old),
-          train.dense_params, served_dense)
-    rows_U = live_rows_U
-    if stale_tables:
-      syncs = syncs + batch["sync_tables"].astype(jnp.int32)
-      # Rows another device holds read "not saved" and zeros here; combine sums.
-      saved_U = placement.combine(
-          (saved_at_N.at[local_U].get(mode="fill", fill_value=-1) == syncs).astype(jnp.int32)) > 0
-      old_rows_U = placement.combine(
-          {k: t.at[local_U].get(mode="fill", fill_value=0) for k, t in served_tables.items()})
-      rows_U = {k: jnp.where(saved_U[:, None], old_rows_U[k], live_rows_U[k]) for k in live_rows_U}
-      # Copy-on-write: the served value of each row the step may change.
-      served_tables = {k: served_tables[k].at[local_U].set(rows_U[k], mode="drop")
-                       for k in served_tables}
-      saved_at_N = saved_at_N.at[local_U].set(syncs, mode="drop")
-    logits_B = forward(served_dense if stale_dense else train.dense_params, rows_U, batch)
-    live, out = step(state.live, inner)
-    out = out._replace(preds_B=jax.nn.sigmoid(logits_B))
-    return ServingState(live, served_dense, served_tables, saved_at_N, syncs), out
+  def wrap(step):
+    def served_step(state: RunState, batch):
+      train, copy = state.train, state.feature(NAME)
+      live_rows_U, local_U = placement.rows(train.tables, batch["unique"])
+      served_dense, served_tables, saved_at_N, syncs = copy
+      if stale_dense:
+        served_dense = jax.tree_util.tree_map(
+            lambda live, old: jnp.where(batch["sync_dense"], live, old),
+            train.dense_params, served_dense)
+      rows_U = live_rows_U
+      if stale_tables:
+        syncs = syncs + batch["sync_tables"].astype(jnp.int32)
+        # Rows another device holds read "not saved" and zeros here; combine sums.
+        saved_U = placement.combine(
+            (saved_at_N.at[local_U].get(mode="fill", fill_value=-1) == syncs).astype(jnp.int32)) > 0
+        old_rows_U = placement.combine(
+            {k: t.at[local_U].get(mode="fill", fill_value=0) for k, t in served_tables.items()})
+        rows_U = {k: jnp.where(saved_U[:, None], old_rows_U[k], live_rows_U[k]) for k in live_rows_U}
+        # Copy-on-write: the served value of each row the step may change.
+        served_tables = {k: served_tables[k].at[local_U].set(rows_U[k], mode="drop")
+                         for k in served_tables}
+        saved_at_N = saved_at_N.at[local_U].set(syncs, mode="drop")
+      logits_B = forward(served_dense if stale_dense else train.dense_params, rows_U, batch)
+      state, out = step(state, batch)
+      out = out._replace(preds_B=jax.nn.sigmoid(logits_B))
+      return state.with_feature(NAME, ServedCopy(served_dense, served_tables, saved_at_N, syncs)), out
 
-  return served_step
+    return served_step
+
+  return StepTransform(NAME, wrap=wrap, keys=SYNC_KEYS,
+                       init=lambda train: init_served_copy(train, stale_tables, stale_dense))
 
 
 class SyncSchedule:
