@@ -311,7 +311,8 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
   Returns:
     ``(init_fn, step_fn)``: ``init_fn(train_state, max_unique=None) ->
     RunState`` (the history under ``features["async_sim"]``) and
-    ``step_fn(run_state, batch) -> (run_state, StepOutput)`` (not jitted; wrap it with ``make_multi_step`` or jax.jit);
+    ``step_fn(run_state, batch) -> (run_state, StepOutput)`` (not jitted;
+    wrap it with ``make_multi_step`` or jax.jit);
     the StepOutput's gradient norms are those of the applied (stale, and
     compensated if DC is on) gradients.
     ``batch["unique"]`` must hold distinct ids padded with N.
@@ -410,7 +411,7 @@ def make_async_train_step(model, dense_opt: optax.GradientTransformation,
       logits_B = forward(state.dense_params, rows_now_U, batch)
     new_astate = AsyncHistory(dense_history=dense_history, row_history=row_history,
                               dc_dense=dc_dense, dc_rows=dc_rows, tau=tau_t)
-    return (RunState(new_train, {**run.features, NAME: new_astate}),
+    return (run._replace(train=new_train).with_feature(NAME, new_astate),
             step_output(logits_B, loss, ok, g_dense, g_rows))
 
   def init_fn(train_state: TrainState, max_unique_: Optional[int] = None) -> RunState:

@@ -12,10 +12,8 @@ import jax
 
 from rectrain.train import serving as serving_lib
 from rectrain.train.async_sim import async_transform, make_async_train_step_from_config
-from rectrain.train.checkpoint import checkpoint_format
 from rectrain.train.hooks import IdMapHook, ServingHook
 from rectrain.train.idmap_reset import row_reset_transform
-from rectrain.train.loop_io import _meta_of
 
 
 def stream_features(config, model, dense_opt, sparse_opts, num_fields: int, placement, im=None):
@@ -45,15 +43,17 @@ def stream_features(config, model, dense_opt, sparse_opts, num_fields: int, plac
   return transforms, hooks
 
 
-def check_features(path: str, transforms, hooks) -> None:
-  """Refuses (one line naming both) a checkpoint written with other features than this run's."""
-  meta = _meta_of(path)
+def check_features(path: str, meta: dict, transforms, hooks) -> None:
+  """Refuses (one line naming both) a checkpoint written with other features than this run's.
+
+  ``meta``: checkpoint ``path``'s meta.json.
+  """
   want_t, want_h = [t.name for t in transforms], sorted(h.name for h in hooks)
   if "transforms" not in meta:  # format 3: a bare train state, meta keys per feature
     had = sorted(k for k in ("serving", "idmap_windows") if k in meta)
     if want_t or want_h or had:
       raise ValueError(
-          f"{path}: checkpoint format {checkpoint_format(path)} holds a bare train state "
+          f"{path}: checkpoint format {meta.get('checkpoint_format', 1)} holds a bare train state "
           f"(features in it: {had or 'none'}); this run has step transforms {want_t or 'none'} "
           f"and hooks {want_h or 'none'}, which need format 4: start the run in a new workdir, "
           "or take its weights with train.warm_start.path")

@@ -8,10 +8,11 @@ on the current one.
 
 Layout: this module is the loop (:func:`train_stream`); the parts it
 composes live beside it: ``build.py`` (model, optimizers, state from the
-config), ``feature_set.py`` (the features a config asks for: step transforms,
-``transforms.py``, composed into the one step, and host hooks, ``hooks.py``,
-called at fixed points; the loop knows none of them by name), ``loop_io.py`` (checkpoints with the per-file stream position,
-metrics lines, warm start, progress), ``loop_mesh.py`` (devices and
+config), ``feature_set.py`` (the features a config asks for: step
+transforms, ``transforms.py``, composed into the one step, and host hooks,
+``hooks.py``, called at fixed points), ``loop_io.py`` (checkpoints with the
+per-file stream position, metrics lines, warm start, progress),
+``loop_mesh.py`` (devices and
 processes), ``loop_features.py`` (serving-copy schedules, id-map windows),
 ``faults.py`` (input / output faults) and ``offline.py`` (the offline
 protocol). Their public names are importable from here as before.
@@ -196,8 +197,9 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   by_file = False  # resumed at a per-file position: nothing to skip
   path = ckpt.latest_checkpoint(workdir) if workdir and resume else None
   if path:
-    check_features(path, transforms, hooks)
-    state, meta = _restore(path, state, num_rows, table_rows, mesh)
+    saved_meta = _meta_of(path)
+    check_features(path, saved_meta, transforms, hooks)
+    state, meta = _restore(path, state, num_rows, table_rows, mesh, saved_meta)
     batches_done, rows_done = meta["batches"], meta["rows"]
     next_row = int(meta.get("stream_rows", 0))
     by_file = _resume_by_file(stream, config, meta, next_row)

@@ -26,21 +26,22 @@ def _stack(batches: list[dict]) -> dict:
   return {k: np.stack([b[k] for b in batches]) for k in keys}
 
 
-def _restore(path: str, state, num_rows: int, table_rows: int, mesh):
+def _restore(path: str, state, num_rows: int, table_rows: int, mesh, saved_meta: dict):
   """Restores checkpoint ``path`` onto the run state ``state``'s shardings; returns (state, meta).
 
-  A checkpoint written with another device count has its tables padded to
-  another ``table_rows`` (meta key ``table_rows``; absent = ``num_rows``): its
-  row leaves (leading axis of the table's rows: the tables, their optimizer
-  state and the transforms' per-row state) are restored whole, cut or
-  zero-padded to this run's rows (only padding rows, never used, differ) and
-  sharded on this run's mesh. A format-3 checkpoint (a bare train state) is
-  restored into a run state without transform states (``check_features``
-  refused it otherwise).
+  ``saved_meta``: the checkpoint's meta.json (:func:`_meta_of`). A checkpoint
+  written with another device count has its tables padded to another
+  ``table_rows`` (meta key ``table_rows``; absent = ``num_rows``): its row
+  leaves (those :func:`rectrain.train.sharding.state_specs` row-shards: the
+  tables, their optimizer state and the transforms' per-row state) are
+  restored whole, cut or zero-padded to this run's rows (only padding rows,
+  never used, differ) and sharded on this run's mesh. A format-3 checkpoint (a
+  bare train state) is restored into a run state without transform states
+  (``check_features`` refused it otherwise).
   """
-  bare = ckpt.checkpoint_format(path) < 4
+  bare = int(saved_meta.get("checkpoint_format", 1)) < 4
   target = state.train if bare else state
-  saved = int(_meta_of(path).get("table_rows", num_rows))
+  saved = int(saved_meta.get("table_rows", num_rows))
   if saved == table_rows:
     restored, meta = ckpt.restore_checkpoint(path, target)
     return (state._replace(train=restored) if bare else restored), meta
@@ -48,20 +49,20 @@ def _restore(path: str, state, num_rows: int, table_rows: int, mesh):
     raise ValueError(f"{path}: checkpoint tables have {saved} rows; this run needs "
                      f"{table_rows} rows ({num_rows} real): another data.cat_buckets?")
   local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  rows = sh.row_leaves(target, table_rows)
 
-  def abstract(x):
-    return (jax.ShapeDtypeStruct((saved,) + x.shape[1:], x.dtype, sharding=local)
-            if x.ndim >= 1 and x.shape[0] == table_rows else x)
+  def abstract(x, row):
+    return jax.ShapeDtypeStruct((saved,) + x.shape[1:], x.dtype, sharding=local) if row else x
 
-  def fit(x):
-    if x.ndim < 1 or x.shape[0] != saved:
+  def fit(x, row):
+    if not row:
       return x
     if saved > table_rows:
       return x[:table_rows]
     return jnp.pad(x, [(0, table_rows - saved)] + [(0, 0)] * (x.ndim - 1))
 
-  restored, meta = ckpt.restore_checkpoint(path, jax.tree_util.tree_map(abstract, target))
-  restored = jax.tree_util.tree_map(fit, restored)
+  restored, meta = ckpt.restore_checkpoint(path, jax.tree_util.tree_map(abstract, target, rows))
+  restored = jax.tree_util.tree_map(fit, restored, rows)
   if bare:
     restored = state._replace(train=restored)
   if mesh is not None:

@@ -132,6 +132,12 @@ def state_shardings(state, mesh: Mesh, num_rows: int):
                                 is_leaf=lambda x: isinstance(x, P))
 
 
+def row_leaves(state, num_rows: int):
+  """A tree like ``state`` with True at its row leaves (row-sharded by :func:`state_specs`)."""
+  return jax.tree_util.tree_map(lambda s: s == ROWS, state_specs(state, num_rows),
+                                is_leaf=lambda x: isinstance(x, P))
+
+
 def _train_state(state) -> TrainState:
   found = [x for x in jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(x, TrainState))
            if isinstance(x, TrainState)]
