@@ -384,3 +384,40 @@ def test_seed_and_incremental_protocol(tmp_path):
   assert p["rows"] == 10_000 and p["join_mode"] == "oracle"
   assert p["seed_steps"] > 0 and p["steps"] == p["seed_steps"]
   assert s["steps"] > s["seed_steps"] > 0
+
+
+def test_warm_start_and_frozen_model(tmp_path):
+  """train.warm_start.path and train.learn=False in the delayed-feedback runner."""
+  pytest.importorskip("rectrain.data.delay_join")
+  import json
+  from rectrain.train.loop import train_stream
+  src = small_config("vanilla", rows=10_000)
+  src.delayed.method = ""          # the streaming loop: a checkpoint to start from
+  trained = train_stream(src, workdir=str(tmp_path / "src"))
+
+  def run(name, *sets):
+    c = small_config("vanilla", rows=20_000)
+    c.train.warm_start.path = str(tmp_path / "src") if "warm" in sets else ""
+    c.train.learn = "frozen" not in sets
+    s = delayed.train_delayed(c, workdir=str(tmp_path / name))
+    return s, [json.loads(l) for l in open(tmp_path / name / "metrics.jsonl")]
+
+  frozen, frozen_lines = run("frozen", "warm", "frozen")
+  warm, warm_lines = run("warm", "warm")
+  fresh, fresh_lines = run("fresh")
+  assert frozen["steps"] == 0 and frozen["seed_steps"] == 0
+  assert frozen["warm_start"]["tables"] and warm["warm_start"]["tables"]
+  assert "warm_start" not in fresh
+  # frozen: the final tables are the checkpoint's, bit for bit
+  for name, t in trained["_state"].tables.items():
+    np.testing.assert_array_equal(np.asarray(frozen["_state"].tables[name]), np.asarray(t))
+  # the first window is scored before anything is learned: the warm-started model's
+  # predictions, the same with and without learning, unlike a fresh model's
+  assert warm_lines[0]["logloss"] == frozen_lines[0]["logloss"]
+  assert warm_lines[0]["logloss"] != fresh_lines[0]["logloss"]
+  assert warm["steps"] == fresh["steps"] > 0
+  # every window is still counted, and no window of the frozen run has a training loss
+  assert len(frozen_lines) == len(fresh_lines)
+  assert not any("train_loss" in l for l in frozen_lines)
+  assert sum(l.get("emitted", 0) for l in frozen_lines) == sum(
+      l.get("emitted", 0) for l in fresh_lines)

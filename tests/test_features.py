@@ -54,3 +54,8 @@ def test_a_feature_the_protocol_ignores_is_refused_by_name(protocol, feature, tm
   key = features.FEATURES[feature][0].split(" ")[0].split("=")[0]
   with pytest.raises(ValueError, match=f"the {protocol} protocol does not support.*{key}"):
     _runner(protocol)(c, workdir=str(tmp_path))
+
+
+def test_every_refusal_says_why():
+  refused = {(p, f) for p, f in CASES}
+  assert refused == set(features.WHY_NOT), refused ^ set(features.WHY_NOT)

@@ -6,7 +6,8 @@ adaptive delay compensation) and the serving copy on mesh (4, 1) equal one
 device, also resumed on 4 devices from their first checkpoint; the offline
 protocol (2 epochs, tables re-initialised between them) on mesh (4, 1) gives
 the 1-device evaluation points; the delayed-feedback protocol (ES-DFM, main
-and auxiliary model) on mesh (4, 1) equals one device."""
+and auxiliary model, and a frozen model) on mesh (4, 1) equals one device;
+the offline and delayed runs start from a 4-device checkpoint (warm start)."""
 
 import json
 import os
@@ -78,13 +79,24 @@ def test_offline_protocol_on_four_devices_equals_one(results):
   np.testing.assert_allclose(four["test_logloss"], one["test_logloss"], atol=1e-6)
   np.testing.assert_allclose(four["test_auc"], one["test_auc"], atol=1e-4)
   assert one["test_logloss"][3] != one["test_logloss"][2]   # the re-initialised tables
+  # warm-started from the 4-device streaming run: the first point scores its model
+  assert one["warm_start"]["tables"] and four["warm_start"]["tables"]
+  assert one["test_logloss"][0] < 0.69
 
 
-def test_delayed_protocol_on_four_devices_equals_one(results):
+@pytest.mark.parametrize("method", ["esdfm", "vanilla"])
+def test_delayed_protocol_on_four_devices_equals_one(results, method):
+  """ES-DFM learning, and a frozen (train.learn=False) vanilla model; both warm-started
+  from a 4-device checkpoint."""
   _, res = results
-  one, four = res["delayed_(1,1)"], res["delayed_(4,1)"]
+  one, four = res[f"delayed_{method}_(1,1)"], res[f"delayed_{method}_(4,1)"]
   assert one["mesh"] is None and four["mesh"]["devices"] == 4
-  assert one["steps"] == four["steps"] > 0 and one["rows"] == four["rows"] > 0
+  assert one["warm_start"]["tables"] and four["warm_start"]["tables"]
+  if method == "vanilla":
+    assert one["steps"] == four["steps"] == 0
+  else:
+    assert one["steps"] == four["steps"] > 0
+  assert one["rows"] == four["rows"] > 0
   assert four["param_count"] == one["param_count"]   # the real rows, not the padding
   assert four["auc"] == pytest.approx(one["auc"], abs=1e-4)
   assert four["logloss"] == pytest.approx(one["logloss"], abs=1e-6)

@@ -629,6 +629,11 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
      shorter one the first incremental windows lack the late emissions of
      impressions before the stream began.
 
+  ``train.warm_start.path`` starts the model from a checkpoint's parameters
+  (``train.warm_start.parts``; the auxiliary model starts fresh), and
+  ``train.learn=False`` learns nothing in either phase (a frozen, typically
+  warm-started model scored on the same windows: the no-update baseline).
+
   This is the protocol of Yang et al. (2021: pre-train on complete
   days, then stream) and of /work/shared/docs/domain.md, section 2.
 
@@ -650,6 +655,7 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
   from rectrain.train.build import create_model_and_state
   from rectrain.train.delayed_devices import Devices, scalar_to_host
   from rectrain.train.features import refuse_ignored
+  from rectrain.train.loop_io import warm_started
   from rectrain.train.loop_mesh import _run_mesh
   validate(config)
   refuse_ignored(config, "delayed")
@@ -672,6 +678,7 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
   seed_end_s = float(dc.seed_days) * 86400.0
   batch_size = int(config.data.batch_size)
   k = int(config.train.steps_per_dispatch)
+  learn = bool(config.train.get("learn", True))
 
   mesh = _run_mesh(config)  # None: one device
   stream = _stream(config, seed_rows + inc_rows)
@@ -689,6 +696,10 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
         config, num_rows, num_fields, num_dense, table_rows=table_rows)
     serve_kind = "fnc" if method == "fnc" else "sigmoid"
     seed_loss = fnc_seed_loss if method == "fnc" else plain_loss
+  # A warm start copies the checkpoint's tables (and dense parameters where their paths and
+  # shapes agree: the multi-head tower shares only the tables with a plain model); the
+  # ES-DFM / DEFER auxiliary model starts fresh.
+  state, warm_report = warm_started(config, state, workdir, num_rows)
   state = devices.place_state(state)
   serve = devices.serve(serve_rule(model, serve_kind), state)
   seed_multi = devices.multi(model, dense_opt, sparse_opts, seed_loss, state)
@@ -768,7 +779,7 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
           ph.bayes.update(y, np.nan_to_num(tp, nan=0.5), wt)
       # Train.
       if name == "seed":
-        if impressions:
+        if impressions and learn:
           batches = [_device(b, seed_labels(b)) for b in impressions]
           state, losses = _train_batches(seed_multi, state, batches, k)
           record["train_loss"] = _mean_loss(losses)
@@ -790,7 +801,7 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
             for kind, c in zip(*np.unique(b["kind"][real], return_counts=True)):
               ph.kinds[str(int(kind))] = ph.kinds.get(str(int(kind)), 0) + int(c)
         record.update(emitted=n_emit, emitted_positives=n_pos)
-        if method != "pretrained" and emitted:
+        if learn and method != "pretrained" and emitted:
           losses = []
           for g in range(0, len(emitted), k):  # labels may use the current state (ES-DFM rn)
             group = [_device(b, inc_labels(b)) for b in emitted[g:g + k]]
@@ -828,6 +839,8 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
                  wall_time_sec=t_end - t_start, delayed=dc.to_dict(),
                  rows_per_sec=(seed_rows + inc_rows) / max(t_end - t_start, 1e-9),
                  param_count=_param_count(state, num_rows))
+  if warm_report is not None:
+    summary["warm_start"] = warm_report
   if mesh is not None:
     summary["mesh"] = {"shape": [int(mesh.shape[a]) for a in sh.AXES],
                        "devices": sh.mesh_size(mesh), "processes": jax.process_count(),

@@ -68,8 +68,32 @@ FEATURES: Dict[str, Tuple[str, Callable]] = {
 HONOURED = {
     "stream": frozenset({"mesh", "async_sim", "serving", "idmap", "learn", "warm_start",
                          "checkpoints"}),
-    "offline": frozenset({"offline", "mesh"}),
-    "delayed": frozenset({"delayed", "mesh"}),
+    "offline": frozenset({"offline", "mesh", "warm_start"}),
+    "delayed": frozenset({"delayed", "mesh", "warm_start", "learn"}),
+}
+
+# Why a protocol refuses a feature, as the error says it. "No meaning": the
+# feature is a property of a time-ordered stream that the protocol does not
+# have. "Not implemented": meaningful, but this protocol does not carry it yet.
+WHY_NOT = {
+    ("offline", "async_sim"): "not implemented for the offline epochs",
+    ("offline", "serving"): "no meaning: the offline protocol serves no stream in event time "
+                            "(it scores a held-out stream at evaluation points)",
+    ("offline", "idmap"): "not implemented for the offline epochs",
+    ("offline", "learn"): "no meaning: epochs that learn nothing are one evaluation; run the "
+                          "stream protocol with train.learn=False",
+    ("offline", "checkpoints"): "not implemented: offline runs write no checkpoints and do not "
+                                "resume",
+    ("offline", "delayed"): "the offline and delayed protocols are two runners; choose one",
+    ("delayed", "async_sim"): "not implemented for the delayed-feedback runner",
+    ("delayed", "serving"): "not implemented for the delayed-feedback runner (it scores each "
+                            "window with the live model)",
+    ("delayed", "idmap"): "not implemented for the delayed-feedback runner",
+    ("delayed", "checkpoints"): "not implemented: the delayed-feedback runner writes no "
+                                "checkpoints and does not resume",
+    ("delayed", "offline"): "the offline and delayed protocols are two runners; choose one",
+    ("stream", "offline"): "offline.epochs selects the offline protocol (train_offline)",
+    ("stream", "delayed"): "delayed.method selects the delayed-feedback runner (train_delayed)",
 }
 
 
@@ -89,6 +113,7 @@ def refuse_ignored(config, protocol: str) -> None:
   """Raises ``ValueError`` naming every feature that is on but ``protocol`` ignores."""
   ignored = [n for n in active_features(config) if n not in HONOURED[protocol]]
   if ignored:
-    keys = "; ".join(FEATURES[n][0] for n in ignored)
-    raise ValueError(f"config: the {protocol} protocol does not support {keys} (it would "
-                     f"ignore them); turn them off for this protocol")
+    keys = "; ".join(f"{FEATURES[n][0]} ({WHY_NOT.get((protocol, n), 'not implemented')})"
+                     for n in ignored)
+    raise ValueError(f"config: the {protocol} protocol does not support {keys}; turn them off "
+                     f"for this protocol")

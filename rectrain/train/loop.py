@@ -49,7 +49,7 @@ from rectrain.train.loop_features import (_IdMapWindows, _idmap_checkpoint, _idm
                                           _sync_schedules)  # noqa: F401
 from rectrain.train.loop_io import (_Progress, _count_lines, _files_before, _jsonable, _meta_of,
                                     _restore, _resume_by_file, _save_checkpoint, _stack,
-                                    _table_bytes, _truncate_jsonl, _warm_start_path,
+                                    _table_bytes, _truncate_jsonl, warm_started,
                                     _write_line)  # noqa: F401
 from rectrain.train.loop_mesh import (_batch_placer, _preds_to_host, _replicated_to_host,
                                       _run_mesh, _sharded_table_bytes)  # noqa: F401
@@ -216,9 +216,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       _truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), meta["metrics_lines"])
   elif config.train.warm_start.path:
     # The copied parameters, and every transform's state made from them (the served copy).
-    state = init_run(ckpt.warm_start(
-        state.train, _warm_start_path(config.train.warm_start.path, workdir, config.seed),
-        config.train.warm_start.parts, num_rows)[0])
+    state = init_run(warm_started(config, state.train, workdir, num_rows)[0])
     if mesh is not None:  # the copied arrays back onto the mesh
       state = sh.shard_state(state, mesh, table_rows)
   if workdir and is_main:

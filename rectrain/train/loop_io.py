@@ -153,6 +153,22 @@ def _warm_start_path(path: str, workdir: str | None, seed: int) -> str:
   return os.path.join(os.path.dirname(os.path.abspath(workdir)), resolved[1:])
 
 
+def warm_started(config, train_state, workdir: str | None, num_rows: int):
+  """``train_state`` with the parameters of ``config.train.warm_start`` copied in.
+
+  The one warm start of every protocol (stream, offline, delayed): the path
+  as :func:`_warm_start_path` resolves it, ``train.warm_start.parts``, the
+  tables' ``num_rows`` real rows (a checkpoint of another device count fits).
+  Unchanged when ``train.warm_start.path`` is empty. Returns (state, report
+  of :func:`rectrain.train.checkpoint.warm_start`, or None).
+  """
+  path = config.train.warm_start.path
+  if not path:
+    return train_state, None
+  return ckpt.warm_start(train_state, _warm_start_path(path, workdir, config.seed),
+                         config.train.warm_start.parts, num_rows)
+
+
 # ---------------------------------------------------------------------------
 # Collision-free id map (rectrain/data/idmap.py) in the streaming loop.
 

@@ -26,7 +26,7 @@ from rectrain.train.loop_mesh import (_batch_placer, _preds_to_host, _replicated
                                       _run_mesh)
 from rectrain.train.step import LOCAL, make_multi_step, make_train_step
 from rectrain.train.build import create_model_and_state
-from rectrain.train.loop_io import _Progress, _jsonable, _stack
+from rectrain.train.loop_io import _Progress, _jsonable, _stack, warm_started
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,10 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
   (freeze tables after epoch 1), ``dense_only`` / ``tables_only`` (after epoch
   1 train only the dense part / only the tables).
 
+  ``train.warm_start.path`` starts the model from a checkpoint's parameters
+  (``train.warm_start.parts``, as the streaming loop does; e.g. fine-tuning
+  a streamed model for epochs), before the first evaluation point.
+
   Returns a dict with ``points`` (list of records, also written to
   ``workdir/offline.jsonl``) and the final state under ``"_state"``.
   """
@@ -107,6 +111,7 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
   table_rows = num_rows if mesh is None else sh.padded_rows(num_rows, mesh)
   model, state, dense_opt, sparse_opts, params = create_model_and_state(
       config, num_rows, train_data.layout.num_fields, train_data.num_dense, table_rows=table_rows)
+  state, warm_report = warm_started(config, state, workdir, num_rows)
   placement = LOCAL if mesh is None else sh.SHARDED
   variants = {}
   if mesh is None:
@@ -224,6 +229,8 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
             "best_auc": best["test"]["auc"], "best_epoch": best["epoch"],
             "rows": trained, "wall_time_sec": wall, "rows_per_sec": trained / max(wall, 1e-9),
             "param_count": params["total"]}
+  if warm_report is not None:
+    result["warm_start"] = warm_report
   if mesh is not None:
     result["mesh"] = {"shape": [int(mesh.shape[a]) for a in sh.AXES],
                       "devices": sh.mesh_size(mesh), "processes": jax.process_count(),

@@ -1,7 +1,9 @@
 """Worker of tests/test_mesh_features.py: on 4 forced CPU devices, warm start,
 train.learn=False, the async simulation and the serving copy on mesh (4, 1)
 against one device, and a resume of each of the last two on 4 devices from its
-first checkpoint; writes results.json and the predictions (.npy)."""
+first checkpoint; the offline and delayed protocols warm-started from a 4-device
+checkpoint (the delayed one also frozen) on both meshes; writes results.json and
+the predictions (.npy)."""
 
 import json
 import os
@@ -72,21 +74,28 @@ for mesh in ("(1,1)", "(4,1)"):
   c = configs.apply_overrides(configs.default_config(), SMALL + [
       f"mesh.shape={mesh}", "offline.epochs=2", "offline.evals_per_epoch=2",
       "offline.between_epochs=reinit", "offline.eval_data.start_row=4096",
-      "offline.eval_data.max_rows=2048"])
+      "offline.eval_data.max_rows=2048", f"train.warm_start.path={os.path.join(out, 'seed4')}"])
   s = train_offline(c)
   results[f"offline_{mesh}"] = {"test_logloss": [p["test"]["logloss"] for p in s["points"]],
                                 "test_auc": [p["test"]["auc"] for p in s["points"]],
-                                "mesh": s.get("mesh")}
+                                "mesh": s.get("mesh"), "warm_start": s["warm_start"]}
 # The delayed-feedback protocol (ES-DFM: the main and the auxiliary model).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from test_delayed import small_config as delayed_config  # noqa: E402
 from rectrain.train.delayed import train_delayed  # noqa: E402
 
+# Its warm start: a streaming run of the same model on 4 devices (padded tables).
+src = delayed_config("vanilla", rows=10_000)
+src.delayed.method = ""
+train_stream(configs.apply_overrides(src, ["mesh.shape=(4,1)"]), workdir=os.path.join(out, "dsrc4"))
 for mesh in ("(1,1)", "(4,1)"):
-  c = delayed_config("esdfm", rows=20_000)
-  configs.apply_overrides(c, [f"mesh.shape={mesh}"])
-  s = train_delayed(c)
-  results[f"delayed_{mesh}"] = {k: s.get(k) for k in ("auc", "logloss", "steps", "param_count",
-                                                        "rows", "mesh")}
+  for method, learn in (("esdfm", "True"), ("vanilla", "False")):
+    c = delayed_config(method, rows=20_000)
+    configs.apply_overrides(c, [f"mesh.shape={mesh}", f"train.learn={learn}",
+                                f"train.warm_start.path={os.path.join(out, 'dsrc4')}"])
+    s = train_delayed(c)
+    results[f"delayed_{method}_{mesh}"] = {
+        k: s.get(k) for k in ("auc", "logloss", "steps", "param_count", "rows", "mesh",
+                              "warm_start")}
 with open(os.path.join(out, "results.json"), "w") as f:
   json.dump(results, f)
