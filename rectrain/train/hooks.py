@@ -4,6 +4,12 @@ A feature's device side is a step transform (rectrain/train/transforms.py);
 what it does on the host is a :class:`Hook`. The loop calls every hook at the
 same points, in order, and knows none of them:
 
+* ``batches(batches, table_rows)``: the input stage that gives the batches
+  their table rows (``unique``, padding id ``table_rows``), or None for the
+  loop's hashed ids (``with_unique``); at most one hook gives them;
+* ``groups(groups, batches_done, checkpoint_every)``: the stream of groups
+  of K batches, wrapped (e.g. with the state a checkpoint after each group
+  saves);
 * ``before_dispatch(group)``: entries to add to the device batch of a group
   of K stacked batches (their keys are ``device_keys``);
 * ``after_output(n, host, weights, rows_before)``: metric records (written to
@@ -23,10 +29,11 @@ summary).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from rectrain.data import idmap as idmap_lib
 from rectrain.train import serving as serving_lib
 from rectrain.train.loop_features import (_IdMapWindows, _idmap_checkpoint, _idmap_restore,
                                           _idmap_summary, _sync_schedules)
@@ -37,6 +44,13 @@ class Hook:
 
   name: str = ""
   device_keys: tuple = ()
+
+  def batches(self, batches: Iterator[dict], table_rows: int) -> Iterator[dict] | None:
+    return None
+
+  def groups(self, groups: Iterator[tuple], batches_done: int,
+             checkpoint_every: int) -> Iterator[tuple]:
+    return groups
 
   def before_dispatch(self, group: Mapping[str, np.ndarray]) -> dict:
     return {}
@@ -94,8 +108,9 @@ class IdMapHook(Hook):
   """The collision-free id map (rectrain/data/idmap.py): its statistics per window, its
   state saved with every checkpoint (``idmap.npz``) and its summary entries.
 
-  The map itself runs in the input pipeline (the loop's source); the hook
-  holds it so that a restore replaces it.
+  The map itself is the input stage that gives the batches their rows
+  (:meth:`batches`, after any restore replaced it); :meth:`groups` attaches
+  its state to the groups after which a checkpoint is due.
   """
 
   name = "idmap"
@@ -104,6 +119,13 @@ class IdMapHook(Hook):
     self.im = im
     self.window_rows = int(window_rows)
     self.windows = _IdMapWindows(self.window_rows)
+
+  def batches(self, batches, table_rows):
+    # skipped batches (a resume) were seen by the restored map: it maps only what follows
+    return _repad(idmap_lib.with_idmap(batches, self.im), self.im.num_rows, table_rows)
+
+  def groups(self, groups, batches_done, checkpoint_every):
+    return idmap_lib.with_state_snapshots(groups, self.im, checkpoint_every, batches_done)
 
   def after_output(self, n, host, weights, rows_before):
     rows_B = (weights.reshape(n, -1) > 0).sum(axis=1)
@@ -125,3 +147,13 @@ class IdMapHook(Hook):
 
   def results(self):
     return {"_idmap": self.im}
+
+
+def _repad(batches: Iterator[dict], num_rows: int, table_rows: int) -> Iterator[dict]:
+  """The id map's padding id (its ``num_rows``) as the padded table's (``table_rows``,
+  a sharded run), so that padding never names a row of the table."""
+  for b in batches:
+    if table_rows != num_rows:
+      for key in ("unique", "reset_rows"):
+        b[key] = np.where(b[key] == num_rows, table_rows, b[key]).astype(b[key].dtype)
+    yield b

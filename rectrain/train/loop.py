@@ -39,7 +39,6 @@ from rectrain.train import checkpoint as ckpt
 from rectrain.train import faults
 from rectrain.train.features import refuse_ignored
 from rectrain.train.feature_set import check_features, stream_features
-from rectrain.train.hooks import IdMapHook
 from rectrain.train import sharding as sh
 from rectrain.train.step import LOCAL, make_multi_step, make_train_step
 from rectrain.train.transforms import chain
@@ -71,16 +70,6 @@ def _grouped(batches: Iterator[dict], k: int, done: int = 0) -> Iterator[tuple[i
   """Stacks up to ``k`` consecutive batches; yields (count, stacked); an input
   fault ends it with a group marked ``faults.FAULT`` (rectrain/train/faults.py)."""
   return faults.grouped(batches, k, _stack, done)
-
-
-def _repad(batches: Iterator[dict], num_rows: int, table_rows: int) -> Iterator[dict]:
-  """The id map's padding id (its ``num_rows``) as the padded table's (``table_rows``,
-  a sharded run), so that padding never names a row of the table."""
-  for b in batches:
-    if table_rows != num_rows:
-      for key in ("unique", "reset_rows"):
-        b[key] = np.where(b[key] == num_rows, table_rows, b[key]).astype(b[key].dtype)
-    yield b
 
 
 def _skip(batches: Iterator[dict], n: int) -> Iterator[dict]:
@@ -209,8 +198,6 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     window = metrics_lib.WindowedMetrics.from_state(meta["windows"])
     for h in hooks:
       h.restore(path, meta.get("hooks", {}).get(h.name, {}))
-    if im is not None:  # the restored map feeds the source
-      im = {h.name: h for h in hooks}[IdMapHook.name].im
     resumed_from = path
     if is_main:
       _truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), meta["metrics_lines"])
@@ -232,13 +219,15 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   if config.train.get("warmup_batch", 0) and not by_file:  # the first batch in small, padded sub-batches
     source = split_first_batch(source, config.data.batch_size, config.train.warmup_batch)
   source = _skip(source, 0 if by_file else batches_done)
-  if im is None:
-    source = with_unique(source, table_rows)  # padding id: table_rows (= num_rows on one device)
-    groups = _grouped(source, k, batches_done)
-  else:  # skipped batches were seen by the restored map: remap after the skip
-    groups = idmap_lib.with_state_snapshots(
-        _grouped(_repad(idmap_lib.with_idmap(source, im), num_rows, table_rows), k, batches_done), im,
-        config.train.checkpoint_every if workdir else 0, batches_done)
+  # The table rows of each batch: hashed ids, or a hook's (the id map's) stage.
+  staged = [(h.name, b) for h in hooks for b in [h.batches(source, table_rows)] if b is not None]
+  if len(staged) > 1:
+    raise ValueError(f"config: {[n for n, _ in staged]} each give the batches their table rows; "
+                     "turn all but one off")
+  # padding id: table_rows (= num_rows on one device)
+  groups = _grouped(staged[0][1] if staged else with_unique(source, table_rows), k, batches_done)
+  for h in hooks:
+    groups = h.groups(groups, batches_done, config.train.checkpoint_every if workdir else 0)
   groups = prefetch(groups, config.data.prefetch)
   total = config.data.max_rows or None
   progress = _Progress(config.train.progress and is_main, total, rows_done)
