@@ -16,7 +16,10 @@ run, rows per second of:
   b. pyarrow's raw streaming CSV read of the same file, every column as a
      string (the practical limit), single-threaded and with pyarrow's threads;
   c. a plain Python ``csv``-module loop doing the same parse + hash per row
-     (timed on a prefix, the naive baseline).
+     (timed on a prefix, the naive baseline);
+  d. ``TableStream`` (rectrain/data/table.py) with the ``criteo_kaggle`` card on
+     the same rows as TSV, CSV and parquet (``--formats``), each against
+     pyarrow's raw single-threaded read of that file (d').
 
 Each figure is the best of ``--repeat`` runs (the machine is shared).
 """
@@ -135,6 +138,10 @@ def main(argv=None):
   parser.add_argument("--buckets", type=int, default=1 << 20)
   parser.add_argument("--repeat", type=int, default=3, help="report the best of this many runs")
   parser.add_argument("--workers", type=int, default=2, help="CriteoStream parse threads")
+  parser.add_argument("--formats", default="tsv,csv,parquet",
+                      help="also time TableStream (rectrain/data/table.py, the criteo_kaggle "
+                           "card) on the same rows as each of these formats against pyarrow's "
+                           "raw read of that file ('' = skip)")
   args = parser.parse_args(argv)
   path = args.path or f"/tmp/criteo_synth_{args.rows}.tsv"
   if not os.path.exists(path):
@@ -181,14 +188,74 @@ def main(argv=None):
                   for _ in range(args.repeat)), key=lambda r: r[1])
   results["c  python csv loop (prefix)"] = (rows, dt)
   print(f"{'c  python csv loop (prefix)':38s} {rows:>9d} rows {dt:7.2f} s {rows / dt:>12,.0f} rows/s")
+  if args.formats:
+    _formats(path, args, results)
   rate = {k: r / t for k, (r, t) in results.items()}
   a = rate["a  CriteoStream (parse+hash+batch)"]
   print(f"\na / b  (vs pyarrow 1 thread): {a / rate['b  pyarrow raw read, 1 thread']:.2f}")
   print(f"a / b' (vs pyarrow threads):  {a / rate['b' + chr(39) + ' pyarrow raw read, threads']:.2f}")
   print(f"a / c  (vs python loop):      {a / rate['c  python csv loop (prefix)']:.1f}")
+  for fmt in (args.formats.split(",") if args.formats else []):
+    t, raw = rate[f"d  TableStream {fmt} (criteo_kaggle card)"], rate[f"d' pyarrow raw read {fmt}"]
+    print(f"TableStream {fmt} / pyarrow raw {fmt} read: {t / raw:.2f}")
   print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"python {sys.version.split()[0]}, pyarrow {pa.__version__}, numpy {np.__version__}")
   return results
+
+
+def _formats(path: str, args, results: dict) -> None:
+  """TableStream per format vs pyarrow's raw read of the same file (1 thread)."""
+  import pyarrow.parquet as pq
+  from rectrain.data.schema import get_schema
+  from rectrain.data.table import TableStream
+  names = list(COLUMN_NAMES)
+  files = {"tsv": path}
+  table = None
+  for fmt in args.formats.split(","):
+    if fmt == "tsv":
+      continue
+    out = f"{path}.{fmt}"
+    files[fmt] = out
+    if os.path.exists(out):
+      continue
+    if table is None:
+      table = pacsv.read_csv(path, read_options=pacsv.ReadOptions(column_names=names),
+                             parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
+                             convert_options=pacsv.ConvertOptions(
+                                 column_types={c: pa.string() for c in names}))
+    if fmt == "csv":
+      pacsv.write_csv(table, out, pacsv.WriteOptions(include_header=False,
+                                                     quoting_style="none"))
+    elif fmt == "parquet":
+      pq.write_table(table, out, row_group_size=1 << 17)
+    else:
+      raise SystemExit(f"--formats: unknown format {fmt!r} (tsv, csv, parquet)")
+
+  for fmt in args.formats.split(","):
+    f = files[fmt]
+    stream = TableStream(f, args.batch_size, get_schema("criteo_kaggle", format=fmt),
+                         cat_buckets=args.buckets, workers=args.workers)
+
+    def run_table():
+      return sum(int(b["weight"].sum()) for b in stream)
+
+    def run_raw():
+      if fmt == "parquet":
+        return sum(b.num_rows for b in pq.ParquetFile(f).iter_batches(batch_size=1 << 16))
+      reader = pacsv.open_csv(
+          f, read_options=pacsv.ReadOptions(column_names=names, use_threads=False,
+                                            block_size=1 << 22),
+          parse_options=pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",",
+                                           quote_char=False if fmt == "tsv" else '"'),
+          convert_options=pacsv.ConvertOptions(
+              column_types={c: pa.string() for c in names}, check_utf8=False))
+      return sum(b.num_rows for b in reader)
+
+    for name, fn in ((f"d  TableStream {fmt} (criteo_kaggle card)", run_table),
+                     (f"d' pyarrow raw read {fmt}", run_raw)):
+      rows, dt = min((_time(fn) for _ in range(args.repeat)), key=lambda r: r[1])
+      results[name] = (rows, dt)
+      print(f"{name:38s} {rows:>9d} rows {dt:7.2f} s {rows / dt:>12,.0f} rows/s", flush=True)
 
 
 if __name__ == "__main__":

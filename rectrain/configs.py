@@ -113,8 +113,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"   # synthetic | criteo | hf
-  c.data.path = ""              # criteo: file(s), comma separated; hf: dataset name or files
+  c.data.source = "synthetic"   # synthetic | criteo | table | hf
+  c.data.path = ""              # criteo, table: file(s), comma separated; hf: dataset name or files
+  c.data.schema = ""            # table: a dataset card (rectrain/data/schema.py) or a spec
+  c.data.format = ""            # table: tsv | csv | parquet ("" = the card's)
+  c.data.header = ""            # table: auto | yes | no ("" = the card's)
+  c.data.label = ""             # table: the label column, NAME or NAME:THRESHOLD ("" = the card's)
   c.data.batch_size = 4096
   c.data.cat_buckets = 1 << 18  # per categorical field
   c.data.int_mode = "log1p"     # log1p (dense inputs) | categorical (bucketised ids)
@@ -386,7 +390,7 @@ def _is_within(section, node) -> bool:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the values the trainer relies on; errors name the key."""
   choices = {
-      "data.source": (config.data.source, ("synthetic", "criteo", "hf")),
+      "data.source": (config.data.source, ("synthetic", "criteo", "table", "hf")),
       "data.int_mode": (config.data.int_mode, ("log1p", "categorical")),
       "data.bad_lines": (config.data.bad_lines, ("skip", "error")),
       "train.nonfinite": (config.train.nonfinite, ("skip", "raise")),
@@ -414,8 +418,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config model.batch_norm=True is not supported by the training step yet")
   if config.model.get("dropout_rate", 0.0):
     raise ValueError("config model.dropout_rate > 0 is not supported by the training step yet")
-  if config.data.source in ("criteo", "hf") and not config.data.path:
+  if config.data.source in ("criteo", "table", "hf") and not config.data.path:
     raise ValueError(f"config data.path is required for data.source={config.data.source!r}")
+  if config.data.source == "table":
+    if not config.data.get("schema", ""):
+      raise ValueError("config data.schema is required for data.source='table' (a dataset "
+                       "card such as avazu or criteo_kaggle, or a spec 'name:role,...')")
+    from rectrain.data.schema import get_schema  # no jax
+    try:
+      get_schema(config.data.schema, config.data.get("format", ""), config.data.get("header", ""),
+                 config.data.get("label", ""))
+    except ValueError as e:
+      raise ValueError(f"config data.schema={config.data.schema!r}: {e}") from None
   _validate_split(config)
   _validate_serving(config)
   _validate_optim(config)

@@ -1,4 +1,5 @@
-"""Streams of batches: Criteo logs, a Hugging Face datasets source, the synthetic stream.
+"""Streams of batches: Criteo logs, any table by a schema (rectrain/data/table.py), a Hugging
+Face datasets source, the synthetic stream.
 
 Every stream yields batches following :mod:`rectrain.data.batch` and has the
 attributes ``batch_size``, ``layout`` (a :class:`~rectrain.data.hashing.FieldLayout`),
@@ -48,8 +49,16 @@ def _make_source(data: ml_collections.ConfigDict, seed: int, max_rows, shuffle_b
     paths = [p for p in str(data.path).split(",") if p]
     return CriteoStream(paths, bad_lines=data.bad_lines, max_rows=max_rows,
                         shuffle_buffer=shuffle_buffer, **common)
+  if data.source == "table":
+    from rectrain.data.schema import get_schema
+    from rectrain.data.table import TableStream
+    paths = [p for p in str(data.path).split(",") if p]
+    schema = get_schema(data.schema, data.get("format", ""), data.get("header", ""),
+                        data.get("label", ""))
+    return TableStream(paths, schema=schema, bad_lines=data.bad_lines, max_rows=max_rows,
+                       shuffle_buffer=shuffle_buffer, **common)
   if data.source == "hf":
     from rectrain.data.hf import HFStream
     return HFStream(data.path, bad_lines=data.bad_lines, max_rows=max_rows,
                     shuffle_buffer=shuffle_buffer, **common)
-  raise ValueError(f"config data.source={data.source!r}: must be synthetic, criteo or hf")
+  raise ValueError(f"config data.source={data.source!r}: must be synthetic, criteo, table or hf")

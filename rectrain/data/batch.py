@@ -17,10 +17,11 @@ Keys every stream yields:
 * ``dense``  (B, I) float32, transformed integer features (I may be 0).
 * ``index``  (B,)   int64, position of the row in the stream (0-based,
   counting only rows that were kept); -1 for padding rows.
-* ``time``   (B,)   float64, event time in seconds since the stream start;
-  NaN where the stream has no event time (Criteo logs).
+* ``time``   (B,)   float64, event time in seconds (since the stream start for
+  the synthetic stream, the file's Unix time for a table,
+  rectrain/data/table.py); NaN where the stream has no event time (Criteo logs).
 
-Optional keys (synthetic stream):
+Optional keys (synthetic stream; ``delay`` also from a table with a label_time column):
 
 * ``true_prob`` (B,) float32, the generating model's click probability.
 * ``delay``     (B,) float32, seconds from the event until its label arrives

@@ -99,7 +99,7 @@ class BlockStream:
       raise ValueError(f"workers must be >= 0, got {workers}")
     self.batch_size = int(batch_size)
     self.int_mode = int_mode
-    self.layout = hashing.make_layout(cat_buckets, int_mode, int_buckets)
+    self.layout = self._make_layout(cat_buckets, int_mode, int_buckets)
     if self.layout.num_rows >= 2**31:
       raise ValueError(f"cat_buckets/int_buckets: {self.layout.num_rows} table rows do not fit int32 ids")
     self.bad_lines = bad_lines
@@ -110,6 +110,21 @@ class BlockStream:
     self.workers = int(workers)
     self.raw_ids = bool(raw_ids)
     self._reset_report()
+
+  # What a stream of another schema (rectrain/data/table.py) defines differently.
+  REASONS = REASONS
+
+  def _make_layout(self, cat_buckets, int_mode: str, int_buckets: int) -> hashing.FieldLayout:
+    return hashing.make_layout(cat_buckets, int_mode, int_buckets)
+
+  def _describe_bad(self, raw, columns, i: int) -> tuple[str, str]:
+    return describe_bad(raw, columns, i)
+
+  def _field_count_text(self) -> str:
+    return f"{NUM_COLUMNS} tab-separated fields"
+
+  def _layout_text(self) -> str:
+    return "the Criteo layout (label, I1..I13, C1..C26 tab-separated)"
 
   @property
   def num_rows(self) -> int:
@@ -124,7 +139,7 @@ class BlockStream:
   def _reset_report(self):
     self._rows_read = 0
     self._rows = 0
-    self._skipped = {r: 0 for r in REASONS}
+    self._skipped = {r: 0 for r in self.REASONS}
     self._first_errors: list[str] = []
     self._files: list[dict] = []  # per source read: see files_before()
     if not hasattr(self, "_resume"):
@@ -253,17 +268,16 @@ class BlockStream:
       base = lines_before
       lines_before += parsed.num_lines
       errors = [BadLine(source, base + line, "wrong_field_count",
-                        f"expected {NUM_COLUMNS} tab-separated fields, got {k}")
+                        f"expected {self._field_count_text()}, got {k}")
                 for line, k in parsed.invalid]
       if (first_unit and parsed.num_lines >= _FOREIGN_LINES
           and np.count_nonzero(raw.reason_N == 0) == 0):
         first = errors[0] if errors and errors[0].line == base + 1 else None
         if first is None and n:
-          reason, detail = describe_bad(raw, columns, 0)
+          reason, detail = self._describe_bad(raw, columns, 0)
           first = BadLine(source, base + int(parsed.line_of(np.array([0]))[0]), reason, detail)
-        raise InputError(f"{source}: not in the Criteo layout (label, I1..I13, C1..C26 "
-                         f"tab-separated): none of the first {parsed.num_lines:,} lines is "
-                         f"valid; {first}")
+        raise InputError(f"{source}: not in {self._layout_text()}: none of the first "
+                         f"{parsed.num_lines:,} lines is valid; {first}")
       if remaining is not None and n - np.count_nonzero(raw.reason_N) > remaining:
         # Keep lines up to the remaining-th good one; later lines stay unread.
         n = int(np.flatnonzero(raw.reason_N == 0)[remaining - 1]) + 1
@@ -276,7 +290,7 @@ class BlockStream:
       if bad_rows.size:
         errors = list(errors)
         for i, line in zip(bad_rows, parsed.line_of(bad_rows)):
-          reason, detail = describe_bad(raw, columns, int(i))
+          reason, detail = self._describe_bad(raw, columns, int(i))
           errors.append(BadLine(source, base + int(line), reason, detail))
         good = raw.reason_N == 0
         block = {k: v[good] for k, v in block.items()}
@@ -315,7 +329,8 @@ class BlockStream:
     for batch in rebatch(blocks, self.batch_size):
       n = batch["label"].shape[0]
       batch["weight"] = (batch["index"] >= 0).astype(np.float32)
-      batch["time"] = np.full((n,), np.nan, np.float64)
+      if "time" not in batch:  # a schema without an event time
+        batch["time"] = np.full((n,), np.nan, np.float64)
       yield batch
 
 

@@ -387,12 +387,15 @@ _CONVERT_OPTIONS = pacsv.ConvertOptions(
     strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=False)
 
 
-def read_chunk(chunk):
-  """Parses whole Criteo lines with ``pyarrow.csv`` (every column a string).
+def read_chunk(chunk, column_names: Sequence[str] = COLUMN_NAMES, csv: bool = False):
+  """Parses whole lines with ``pyarrow.csv`` (every column a string).
 
-  pyarrow runs single-threaded on the chunk so that it reports the physical
-  row number of each line with a wrong field count; a kept row ``g`` (0-based)
-  is then on line ``1 + g + #(invalid rows before it)`` of the chunk.
+  Criteo lines by default (tab-separated, no quoting); ``column_names`` and
+  ``csv`` (comma-separated, standard quoting) for another schema
+  (rectrain/data/table.py). pyarrow runs single-threaded on the chunk so that
+  it reports the physical row number of each line with a wrong field count; a
+  kept row ``g`` (0-based) is then on line ``1 + g + #(invalid rows before
+  it)`` of the chunk.
 
   Returns:
     (columns, line_of (chunk-relative, 1-based), invalid [(line, fields)]).
@@ -403,14 +406,23 @@ def read_chunk(chunk):
     invalid_rows.append((int(row.number), int(row.actual_columns)))
     return "skip"
 
-  table = pacsv.read_csv(
-      pa.py_buffer(chunk),
-      read_options=pacsv.ReadOptions(column_names=list(COLUMN_NAMES), use_threads=False,
-                                     block_size=len(chunk) + 1),
-      parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, **_PARSE_OPTIONS),
-      convert_options=_CONVERT_OPTIONS)
-  columns = [col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-             for col in table.columns]
+  names = list(column_names)
+  if len(chunk) == 0:
+    columns = [pa.array([], pa.string()) for _ in names]
+  else:
+    options = (dict(_PARSE_OPTIONS, delimiter=",", quote_char='"', double_quote=True) if csv
+               else _PARSE_OPTIONS)
+    convert = _CONVERT_OPTIONS if names == list(COLUMN_NAMES) else pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in names}, check_utf8=False,
+        strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=False)
+    table = pacsv.read_csv(
+        pa.py_buffer(chunk),
+        read_options=pacsv.ReadOptions(column_names=names, use_threads=False,
+                                       block_size=len(chunk) + 1),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, **options),
+        convert_options=convert)
+    columns = [col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+               for col in table.columns]
   rel = np.array([r for r, _ in invalid_rows], dtype=np.int64)
   # Invalid row j (1-based rel[j]) has rel[j] - 1 - j kept rows before it.
   inv_adj = rel - 1 - np.arange(rel.size)

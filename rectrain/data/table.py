@@ -1,0 +1,390 @@
+"""Any CTR table as a stream of batches: TSV / CSV (plain or gzip) and parquet files read
+by a :class:`rectrain.data.schema.Schema`.
+
+The machinery is the Criteo stream's (:class:`rectrain.data.criteo.BlockStream`:
+parse threads, bad-line policy and report, resume per file, batching); this
+module supplies what depends on the schema. Everything is vectorised:
+
+* Text files are cut into chunks of whole lines
+  (:func:`rectrain.data.criteo.split_lines`), each parsed by
+  ``pyarrow.csv.read_csv`` with every column a string; a header line (the
+  schema's ``header``, or ``auto``: the first line names the schema's
+  columns) is cut off the first chunk. Parquet files are read by record
+  batches of their row groups (typed columns are used as they are).
+* ``cat`` columns: a string column is dictionary-encoded and each distinct
+  string hashed once (FNV-1a over its bytes in one pass per byte position,
+  then splitmix64 with its length); an integer column is hashed as its
+  decimal text, so a CSV and a parquet copy of one table give the same rows.
+  The per-field buckets are :func:`rectrain.data.hashing.hash_fields_to_buckets`.
+* ``num``, ``label`` and ``time`` columns are checked with one regular
+  expression and cast by pyarrow.
+
+Bad rows (reasons, as counted in ``report()``): ``wrong_field_count``,
+``bad_label`` (missing, or not 0/1 without a threshold), ``bad_num`` (not a
+number), ``bad_time`` (missing or not a valid time of its format). As for
+Criteo: skipped and counted per reason with file:line, or the first one an
+error naming file, line, column and value (``bad_lines``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rectrain.data import hashing
+from rectrain.data.criteo import BlockStream, _open, split_lines
+from rectrain.data.criteo_parse import (Parsed, RawItem, _string_parts, _unpack_validity,
+                                        read_chunk)
+from rectrain.data.schema import Schema, get_schema
+from rectrain.errors import InputError
+
+REASONS = ("wrong_field_count", "bad_label", "bad_num", "bad_time")
+_CODE = {r: i + 1 for i, r in enumerate(REASONS)}
+_NUMBER = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def hash_strings(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
+  """(U,) uint64 hashes of the strings ``data[offsets[u]:offsets[u + 1]]``.
+
+  FNV-1a over the bytes, one vectorised pass per byte position (the longest
+  string's length passes), then splitmix64 of the hash xor the length.
+  """
+  starts = offsets[:-1].astype(np.int64)
+  lengths = np.diff(offsets).astype(np.int64)
+  h = np.full(starts.shape, _FNV_OFFSET, np.uint64)
+  if data.size:
+    for j in range(int(lengths.max(initial=0))):
+      live = lengths > j
+      b = data[np.minimum(starts + j, data.size - 1)].astype(np.uint64)
+      h = np.where(live, (h ^ b) * _FNV_PRIME, h)
+  return hashing.splitmix64(h ^ lengths.astype(np.uint64))
+
+
+def _null_mask(arr: pa.Array) -> np.ndarray:
+  mask = _unpack_validity(arr)
+  return np.zeros(len(arr), bool) if mask is None else mask
+
+
+def _text(arr: pa.Array) -> pa.Array:
+  if pa.types.is_dictionary(arr.type):
+    arr = arr.dictionary_decode()
+  if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+    arr = pc.cast(arr, pa.string())
+  return arr
+
+
+def cat_values(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+  """(values (N,) uint64, missing (N,) bool) of a categorical column (any type)."""
+  arr = _text(arr)
+  missing = _null_mask(arr)
+  if len(arr) == 0:
+    return np.zeros(0, np.uint64), missing
+  enc = pc.dictionary_encode(arr)
+  offsets, data = _string_parts(enc.dictionary)
+  h_U = hash_strings(offsets, data)
+  idx = enc.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+  values = h_U[idx] if h_U.size else np.zeros(len(arr), np.uint64)
+  values[missing] = 0
+  return values, missing
+
+
+def num_values(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(values (N,) float64 (0 where missing or bad), missing, bad) of a numeric column."""
+  if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_boolean(arr.type):
+    missing = _null_mask(arr)
+    x = pc.cast(arr, pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+    return np.asarray(x, np.float64), missing, np.zeros(len(arr), bool)
+  arr = _text(arr)
+  missing = _null_mask(arr)
+  ok = pc.match_substring_regex(arr, _NUMBER).fill_null(False)
+  bad = ~ok.to_numpy(zero_copy_only=False) & ~missing
+  clean = pc.if_else(ok, arr, pa.scalar(None, arr.type))
+  x = pc.cast(pc.utf8_trim_whitespace(clean), pa.float64()).fill_null(0.0)
+  return np.asarray(x.to_numpy(zero_copy_only=False), np.float64), missing, bad
+
+
+def time_values(arr: pa.Array, fmt: str) -> tuple[np.ndarray, np.ndarray]:
+  """(seconds (N,) float64, bad (N,) bool); a missing time is bad."""
+  x, missing, bad = num_values(arr)
+  bad = bad | missing | ~np.isfinite(x)
+  if fmt == "unix_ms":
+    return x / 1000.0, bad
+  if fmt == "unix_s":
+    return x, bad
+  v = np.where(bad, 0, x).astype(np.int64)  # yymmddhh, UTC
+  yy, mm, dd, hh = v // 1000000, v // 10000 % 100, v // 100 % 100, v % 100
+  bad = bad | (x != np.floor(x)) | (v < 0) | (mm < 1) | (mm > 12) | (dd < 1) | (dd > 31) | (hh > 23)
+  months = ((2000 + yy - 1970) * 12 + np.clip(mm, 1, 12) - 1).astype("datetime64[M]")
+  days = months.astype("datetime64[D]") + (np.clip(dd, 1, 31) - 1).astype("timedelta64[D]")
+  bad = bad | (days.astype("datetime64[M]") != months)  # e.g. Feb 30
+  secs = days.astype("datetime64[s]").astype(np.int64) + hh * 3600
+  return np.where(bad, np.nan, secs.astype(np.float64)), bad
+
+
+@dataclasses.dataclass
+class SchemaBlock:
+  """Decoded values of ``N`` rows of a schema (field-major, before hashing).
+
+  ``label_N`` float32; ``cat_FxN`` uint64 (0 where missing) and
+  ``cat_missing_FxN`` of the embedding fields (``Schema.fields``);
+  ``dense_DxN`` float32 of the dense inputs; ``time_N`` float64 seconds (NaN
+  without a time column); ``delay_N`` float32 seconds until the label time
+  (``inf`` for a negative; None without a label_time column); ``reason_N`` (0 = good, else 1 + index into
+  :data:`REASONS`) and ``bad_column_N`` (schema column index of the first
+  bad value, -1 if none)."""
+
+  label_N: np.ndarray
+  cat_FxN: np.ndarray
+  cat_missing_FxN: np.ndarray
+  dense_DxN: np.ndarray
+  time_N: np.ndarray
+  reason_N: np.ndarray
+  bad_column_N: np.ndarray
+  delay_N: np.ndarray | None = None
+
+  @property
+  def num_lines(self) -> int:
+    return self.label_N.shape[0]
+
+  def select(self, idx) -> "SchemaBlock":
+    return SchemaBlock(self.label_N[idx], self.cat_FxN[:, idx], self.cat_missing_FxN[:, idx],
+                       self.dense_DxN[:, idx], self.time_N[idx], self.reason_N[idx],
+                       self.bad_column_N[idx],
+                       None if self.delay_N is None else self.delay_N[idx])
+
+
+def parse_table(schema: Schema, columns: Sequence[pa.Array]) -> SchemaBlock:
+  """Decodes the columns (``schema.names`` order) of one unit into a :class:`SchemaBlock`."""
+  n = len(columns[0]) if columns else 0
+  reason = np.zeros(n, np.int8)
+  bad_col = np.full(n, -1, np.int16)
+  index = {c.name: i for i, c in enumerate(schema.columns)}
+
+  def flag(bad, code, col):
+    new = bad & (reason == 0)
+    reason[new] = code
+    bad_col[new] = col
+
+  lab = schema.label
+  if lab is not None:
+    y, missing, bad = num_values(columns[index[lab.name]])
+    if lab.arg:
+      y = (y >= float(lab.arg)).astype(np.float64)
+    else:
+      bad = bad | ((y != 0) & (y != 1))
+    flag(bad | missing, _CODE["bad_label"], index[lab.name])
+  time = np.full(n, np.nan)
+  if schema.time is not None:
+    time, bad = time_values(columns[index[schema.time.name]], schema.time.arg)
+    flag(bad, _CODE["bad_time"], index[schema.time.name])
+  delay = None
+  if schema.label_time is not None:  # empty: a negative; a label before its event is bad
+    lt = schema.label_time
+    arr = columns[index[lt.name]]
+    present = ~_null_mask(arr)
+    t_label, bad = time_values(arr, lt.arg)
+    bad = present & (bad | (t_label < time))
+    flag(bad, _CODE["bad_time"], index[lt.name])
+    delay = np.where(present & ~bad, t_label - time, np.inf).astype(np.float32)
+    if lab is None:
+      y = present.astype(np.float64)
+  dense = []
+  for c in schema.dense:
+    x, missing, bad = num_values(columns[index[c.name]])
+    flag(bad, _CODE["bad_num"], index[c.name])
+    dense.append(hashing.log1p_transform(x, missing | bad))
+  cats, cat_missing = [], []
+  for c in schema.fields:
+    if c.role == "cat":
+      v, m = cat_values(columns[index[c.name]])
+    else:  # num:bucket -> the log-square token, hashed like a category
+      x, m, bad = num_values(columns[index[c.name]])
+      flag(bad, _CODE["bad_num"], index[c.name])
+      m = m | bad
+      v = hashing.log_square_token(np.floor(np.where(m, 0, x)).astype(np.int64)).view(np.uint64)
+      v = np.where(m, np.uint64(0), v)
+    cats.append(v)
+    cat_missing.append(m)
+  return SchemaBlock(y.astype(np.float32), np.stack(cats) if cats else np.zeros((0, n), np.uint64),
+                     np.stack(cat_missing) if cat_missing else np.zeros((0, n), bool),
+                     np.stack(dense) if dense else np.zeros((0, n), np.float32), time, reason,
+                     bad_col, delay)
+
+
+def encode_table(raw: SchemaBlock, layout: hashing.FieldLayout, raw_ids: bool = False) -> dict:
+  """The batch columns of every row: ``label``, ``cat`` (global row ids: field offset +
+  bucket, bucket 0 = missing), ``dense``, ``time``; with ``raw_ids`` the unhashed values."""
+  values, missing = raw.cat_FxN, raw.cat_missing_FxN
+  bucket = hashing.hash_fields_to_buckets(values, range(values.shape[0]), layout.buckets)
+  bucket[missing] = 0
+  bucket += layout.offsets[:-1, None]
+  out = {"label": raw.label_N, "cat": bucket.T.astype(np.int32, order="C"),
+         "dense": np.ascontiguousarray(raw.dense_DxN.T), "time": raw.time_N}
+  if raw.delay_N is not None:
+    out["delay"] = raw.delay_N
+  if raw_ids:
+    out["raw_ids"] = np.where(missing, np.uint64(0), values).T.astype(np.uint64, order="C")
+    out["raw_missing"] = np.ascontiguousarray(missing.T)
+  return out
+
+
+class TableStream(BlockStream):
+  """Files of one schema (TSV / CSV / parquet) as a time-ordered stream of batches.
+
+  Yields batches following :mod:`rectrain.data.batch` with ``time`` from the
+  schema's time column (NaN without one). Arguments as
+  :class:`rectrain.data.criteo.CriteoStream`, plus ``schema`` (a
+  :class:`~rectrain.data.schema.Schema`, a card name or a spec string);
+  ``int_mode="categorical"`` bucketises every ``num`` column.
+  ``cat_buckets`` is one int or one per field (``Schema.fields`` order).
+  """
+
+  REASONS = REASONS
+
+  def __init__(self, paths, batch_size: int, schema: Schema | str,
+               cat_buckets: int | Sequence[int] = 1 << 20, int_mode: str = "log1p",
+               int_buckets: int = 512, bad_lines: str = "skip", max_rows: int | None = None,
+               shuffle_buffer: int = 0, seed: int = 0, max_reported: int = 10,
+               workers: int = 2, block_size: int = 1 << 21, raw_ids: bool = False):
+    if isinstance(paths, (str, os.PathLike)):
+      paths = [paths]
+    self.paths = [os.fspath(p) for p in paths]
+    if not self.paths:
+      raise ValueError("TableStream: no paths given")
+    for p in self.paths:
+      if not os.path.exists(p):
+        raise FileNotFoundError(f"data file not found: {p}")
+    schema = get_schema(schema) if isinstance(schema, str) else schema
+    if int_mode not in ("log1p", "categorical"):
+      raise ValueError(f"int_mode must be 'log1p' or 'categorical', got {int_mode!r}")
+    self.schema = self._resolve(schema, int_mode)
+    self.block_size = int(block_size)
+    super().__init__(batch_size, cat_buckets, int_mode, int_buckets, bad_lines, max_rows,
+                     shuffle_buffer, seed, max_reported, workers, raw_ids=raw_ids)
+
+  # -- the schema ---------------------------------------------------------------
+
+  def _first_names(self, schema: Schema) -> list[str] | None:
+    """The first file's header (text) or column names (parquet); None if it has none."""
+    path = self.paths[0]
+    if schema.format == "parquet":
+      import pyarrow.parquet as pq
+      try:
+        return list(pq.ParquetFile(path).schema_arrow.names)
+      except (OSError, pa.ArrowException) as e:
+        raise InputError(f"{path}: not a readable parquet file: {e}") from e
+    stream, _, _ = _open(path)
+    with stream:
+      line = stream.read(1 << 16).split(b"\n", 1)[0].rstrip(b"\r")
+    names = [x.decode("utf-8", "replace").strip().strip('"')
+             for x in line.split(b"\t" if schema.format == "tsv" else b",")]
+    named = {c.name for c in schema.columns if c.name != "*"}
+    if schema.header == "yes" or (schema.header == "auto" and named and named <= set(names)):
+      return names
+    return None
+
+  def _resolve(self, schema: Schema, int_mode: str) -> Schema:
+    names = self._first_names(schema)
+    self._header = names is not None and schema.format != "parquet"
+    if any(c.name == "*" for c in schema.columns):
+      if names is None:
+        raise ValueError(f"schema {schema.name!r}: '*' needs a header line naming the columns "
+                         f"(first line of {self.paths[0]})")
+      schema = schema.with_header(names)
+    elif schema.format == "parquet":
+      absent = [n for n in schema.names if n not in names]
+      if absent:
+        raise InputError(f"{self.paths[0]}: columns {absent} of schema {schema.name!r} are not "
+                         f"in the file (it has {names})")
+    elif self._header and list(names) != list(schema.names):
+      raise InputError(f"{self.paths[0]}: header {names} is not the columns of schema "
+                       f"{schema.name!r} {list(schema.names)} in order")
+    if int_mode == "categorical":
+      schema = dataclasses.replace(schema, columns=tuple(
+          dataclasses.replace(c, arg="bucket") if c.role == "num" else c
+          for c in schema.columns))
+    return schema
+
+  def _make_layout(self, cat_buckets, int_mode, int_buckets):
+    fields = self.schema.fields
+    if isinstance(cat_buckets, (int, np.integer)):
+      buckets = tuple(int(int_buckets) if c.role == "num" else int(cat_buckets) for c in fields)
+    else:
+      buckets = tuple(int(b) for b in cat_buckets)
+      if len(buckets) != len(fields):
+        raise ValueError(f"cat_buckets: {len(buckets)} sizes for the {len(fields)} fields of "
+                         f"schema {self.schema.name!r} ({[c.name for c in fields]})")
+    return hashing.FieldLayout(tuple(c.name for c in fields), buckets)
+
+  @property
+  def num_dense(self) -> int:
+    return len(self.schema.dense)
+
+  def _field_count_text(self) -> str:
+    sep = {"tsv": "tab", "csv": "comma"}.get(self.schema.format, "")
+    return f"{len(self.schema.columns)} {sep}-separated fields"
+
+  def _layout_text(self) -> str:
+    return f"the layout of schema {self.schema.name!r} ({', '.join(self.schema.names[:6])}, ...)"
+
+  def _describe_bad(self, raw, columns, i):
+    reason = REASONS[int(raw.reason_N[i]) - 1]
+    col = int(raw.bad_column_N[i])
+    if reason == "wrong_field_count" or col < 0:
+      return reason, f"expected {self._field_count_text()}"
+    c = self.schema.columns[col]
+    value = columns[col][i].as_py()
+    if value is None:
+      return reason, f"column {c.name} is empty"
+    what = {"bad_label": "not 0 or 1" if not c.arg else "not a number",
+            "bad_num": "not a number", "bad_time": f"not a time ({c.arg})" if c.role == "time"
+            else f"not a time ({c.arg}) at or after the event time"}[reason]
+    return reason, f"column {c.name}: {value!r} is {what}"
+
+  # -- reading ------------------------------------------------------------------
+
+  def _source_names(self) -> list[str]:
+    return list(self.paths)
+
+  def _raw_items(self, skip: int = 0):
+    if self.schema.format == "parquet":
+      yield from self._parquet_items(skip)
+      return
+    for path in self.paths[skip:]:
+      first = True
+      for item in split_lines(path, self.block_size):
+        if first and self._header:  # the header line is not data
+          cut = bytes(item.chunk[:1 << 16]).find(b"\n") + 1
+          item = RawItem(path, skip_lines=1, chunk=item.chunk[cut:] if cut else b"")
+        first = False
+        yield item
+
+  def _parquet_items(self, skip: int):
+    import pyarrow.parquet as pq
+    names = list(self.schema.names)
+    for path in self.paths[skip:]:
+      try:
+        for rb in pq.ParquetFile(path).iter_batches(batch_size=1 << 16, columns=names):
+          yield RawItem(path, columns=[rb.column(i) for i in range(len(names))])
+      except (OSError, pa.ArrowException) as e:
+        raise InputError(f"{path}: damaged parquet file: {e}") from e
+
+  def _work(self, item: RawItem) -> Parsed:
+    if item.chunk is not None:
+      columns, line_of, invalid = read_chunk(item.chunk, self.schema.names,
+                                             csv=self.schema.format == "csv")
+    else:
+      columns, invalid = item.columns, []
+
+      def line_of(rows):
+        return 1 + np.asarray(rows, dtype=np.int64)
+    raw = parse_table(self.schema, columns)
+    return Parsed(columns, line_of, invalid, raw.num_lines + len(invalid), raw,
+                  encode_table(raw, self.layout, self.raw_ids))
