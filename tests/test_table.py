@@ -32,22 +32,31 @@ def _rows(stream):
   return {k: np.concatenate([b[k][m] for b, m in zip(batches, keep)]) for k in batches[0]}
 
 
-def _fnv_reference(s: bytes) -> int:
-  h = 0xCBF29CE484222325
-  for c in s:
-    h = ((h ^ c) * 0x100000001B3) % (1 << 64)
-  return h
-
-
-def test_string_hash_is_fnv1a_then_splitmix():
+def _hash_reference(s: bytes) -> int:
   from rectrain.data.hashing import splitmix64
-  words = [b"", b"a", b"e151e245", b"a much longer string of bytes", "é".encode()]
+  h = np.uint64(0)
+  for w in range(0, len(s), 8):
+    word = int.from_bytes(s[w:w + 8].ljust(8, b"\0"), "little")
+    h = splitmix64(np.array([h ^ np.uint64(word)], np.uint64))[0]
+  n = np.uint64(len(s))
+  return int(splitmix64(np.array([h ^ (n << np.uint64(56)) ^ n], np.uint64))[0])
+
+
+def test_string_hash_folds_8_byte_words_with_splitmix():
+  words = [b"", b"a", b"a\0", b"e151e245", b"a much longer string of bytes", "é".encode()]
   offsets = np.cumsum([0] + [len(w) for w in words])
   data = np.frombuffer(b"".join(words), np.uint8)
   got = hash_strings(offsets, data)
-  want = splitmix64(np.array([_fnv_reference(w) ^ len(w) for w in words], np.uint64))
-  np.testing.assert_array_equal(got, want)
+  assert got.tolist() == [_hash_reference(w) for w in words]
   assert len(set(got.tolist())) == len(words)
+  # a dictionary column hashes like the plain one
+  from rectrain.data.table import cat_values
+  plain = pa.array(["x", None, "yy", "x", ""])
+  v1, m1 = cat_values(plain)
+  v2, m2 = cat_values(plain.dictionary_encode())
+  np.testing.assert_array_equal(v1, v2)
+  np.testing.assert_array_equal(m1, [False, True, False, False, True])
+  np.testing.assert_array_equal(m1, m2)
 
 
 def test_avazu_card_on_the_real_sample():

@@ -11,13 +11,14 @@ module supplies what depends on the schema. Everything is vectorised:
   schema's ``header``, or ``auto``: the first line names the schema's
   columns) is cut off the first chunk. Parquet files are read by record
   batches of their row groups (typed columns are used as they are).
-* ``cat`` columns: a string column is dictionary-encoded and each distinct
-  string hashed once (FNV-1a over its bytes in one pass per byte position,
-  then splitmix64 with its length); an integer column is hashed as its
-  decimal text, so a CSV and a parquet copy of one table give the same rows.
-  The per-field buckets are :func:`rectrain.data.hashing.hash_fields_to_buckets`.
-* ``num``, ``label`` and ``time`` columns are checked with one regular
-  expression and cast by pyarrow.
+* ``cat`` columns: each string is hashed from its bytes as 8-byte words
+  (:func:`hash_strings`: one vectorised pass per word, no dictionary; a
+  dictionary-encoded parquet column is hashed once per distinct value); an
+  integer column is hashed as its decimal text, so a CSV and a parquet copy
+  of one table give the same rows. Null and empty strings are missing. The
+  per-field buckets are :func:`rectrain.data.hashing.hash_fields_to_buckets`.
+* ``num``, ``label`` and ``time`` columns are cast by pyarrow; only a column
+  it refuses is searched with a regular expression for its bad values.
 
 Bad rows (reasons, as counted in ``report()``): ``wrong_field_count``,
 ``bad_label`` (missing, or not 0/1 without a threshold), ``bad_num`` (not a
@@ -46,25 +47,31 @@ from rectrain.errors import InputError
 REASONS = ("wrong_field_count", "bad_label", "bad_num", "bad_time")
 _CODE = {r: i + 1 for i, r in enumerate(REASONS)}
 _NUMBER = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
 
 
 def hash_strings(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
   """(U,) uint64 hashes of the strings ``data[offsets[u]:offsets[u + 1]]``.
 
-  FNV-1a over the bytes, one vectorised pass per byte position (the longest
-  string's length passes), then splitmix64 of the hash xor the length.
+  The bytes are read as little-endian 8-byte words (the last one zero-padded)
+  and folded as ``h = splitmix64(h ^ word)`` from ``h = 0``, one vectorised
+  pass per word of the longest string (one pass for Criteo's 8 hex digits);
+  the result is ``splitmix64(h ^ (length << 56) ^ length)``, so strings that
+  differ only in trailing NUL bytes differ.
   """
   starts = offsets[:-1].astype(np.int64)
   lengths = np.diff(offsets).astype(np.int64)
-  h = np.full(starts.shape, _FNV_OFFSET, np.uint64)
-  if data.size:
-    for j in range(int(lengths.max(initial=0))):
-      live = lengths > j
-      b = data[np.minimum(starts + j, data.size - 1)].astype(np.uint64)
-      h = np.where(live, (h ^ b) * _FNV_PRIME, h)
-  return hashing.splitmix64(h ^ lengths.astype(np.uint64))
+  h = np.zeros(starts.shape, np.uint64)
+  if data.size and starts.size:
+    lane = np.arange(8, dtype=np.int64)
+    for w in range(-(-int(lengths.max(initial=0)) // 8)):
+      pos = starts[:, None] + 8 * w + lane                    # (U, 8) byte positions
+      live = (8 * w + lane)[None, :] < lengths[:, None]
+      if not live[:, 0].any():
+        break
+      word = np.where(live, data[np.minimum(pos, data.size - 1)], 0).astype(np.uint8)
+      h = np.where(live[:, 0], hashing.splitmix64(h ^ word.view("<u8")[:, 0]), h)
+  n = lengths.astype(np.uint64)
+  return hashing.splitmix64(h ^ (n << np.uint64(56)) ^ n)
 
 
 def _null_mask(arr: pa.Array) -> np.ndarray:
@@ -80,34 +87,70 @@ def _text(arr: pa.Array) -> pa.Array:
   return arr
 
 
+def _empty_mask(arr: pa.Array, missing: np.ndarray) -> np.ndarray:
+  """(N,) bool: a present but empty string (a parquet file's missing value)."""
+  offsets, _ = _string_parts(arr)
+  return (np.diff(offsets) == 0) & ~missing
+
+
+def _indices(enc: pa.DictionaryArray) -> np.ndarray:
+  """The dictionary indices as int64 (any value where null)."""
+  ind = enc.indices
+  raw = np.frombuffer(ind.buffers()[1], dtype=ind.type.to_pandas_dtype())
+  return raw[ind.offset:ind.offset + len(ind)].astype(np.int64)
+
+
 def cat_values(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-  """(values (N,) uint64, missing (N,) bool) of a categorical column (any type)."""
-  arr = _text(arr)
-  missing = _null_mask(arr)
-  if len(arr) == 0:
-    return np.zeros(0, np.uint64), missing
-  enc = pc.dictionary_encode(arr)
-  offsets, data = _string_parts(enc.dictionary)
-  h_U = hash_strings(offsets, data)
-  idx = enc.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-  values = h_U[idx] if h_U.size else np.zeros(len(arr), np.uint64)
+  """(values (N,) uint64, missing (N,) bool) of a categorical column (any type); null or
+  empty strings are missing."""
+  if pa.types.is_dictionary(arr.type):  # each distinct string once
+    offsets, data = _string_parts(_text(arr.dictionary))
+    h_U = hash_strings(offsets, data)
+    missing = _null_mask(arr)
+    idx = np.clip(_indices(arr), 0, max(len(h_U) - 1, 0))
+    values = h_U[idx] if h_U.size else np.zeros(len(arr), np.uint64)
+    if h_U.size:
+      missing = missing | (np.diff(offsets) == 0)[idx]
+  else:
+    arr = _text(arr)
+    missing = _null_mask(arr)
+    offsets, data = _string_parts(arr)
+    values = hash_strings(offsets, data)
+    missing = missing | (np.diff(offsets) == 0)
   values[missing] = 0
   return values, missing
 
 
 def num_values(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(values (N,) float64 (0 where missing or bad), missing, bad) of a numeric column."""
+  """(values (N,) float64 (0 where missing or bad), missing, bad) of a numeric column; null
+  or empty strings are missing.
+
+  pyarrow's cast first (one pass); only a column it refuses gets the regular
+  expression that finds the bad values.
+  """
   if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_boolean(arr.type):
     missing = _null_mask(arr)
-    x = pc.cast(arr, pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
-    return np.asarray(x, np.float64), missing, np.zeros(len(arr), bool)
+    x = np.array(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False), np.float64)
+    x[missing] = 0.0
+    return x, missing, np.zeros(len(arr), bool)
   arr = _text(arr)
   missing = _null_mask(arr)
-  ok = pc.match_substring_regex(arr, _NUMBER).fill_null(False)
-  bad = ~ok.to_numpy(zero_copy_only=False) & ~missing
-  clean = pc.if_else(ok, arr, pa.scalar(None, arr.type))
-  x = pc.cast(pc.utf8_trim_whitespace(clean), pa.float64()).fill_null(0.0)
-  return np.asarray(x.to_numpy(zero_copy_only=False), np.float64), missing, bad
+  empty = _empty_mask(arr, missing)
+  if empty.any():
+    missing = missing | empty
+    arr = pc.if_else(pa.array(~missing), arr, pa.scalar(None, arr.type))
+  bad = np.zeros(len(arr), bool)
+  try:
+    cast = pc.cast(arr, pa.float64())
+  except pa.ArrowInvalid:
+    ok = pc.match_substring_regex(arr, _NUMBER).fill_null(False)
+    bad = ~ok.to_numpy(zero_copy_only=False) & ~missing
+    clean = pc.if_else(ok, arr, pa.scalar(None, arr.type))
+    cast = pc.cast(pc.utf8_trim_whitespace(clean), pa.float64())
+  x = np.array(cast.to_numpy(zero_copy_only=False), np.float64)
+  bad = bad | (~np.isfinite(x) & ~missing & ~bad)  # "nan" / "inf" are not numbers here
+  x[missing | bad] = 0.0
+  return x, missing, bad
 
 
 def time_values(arr: pa.Array, fmt: str) -> tuple[np.ndarray, np.ndarray]:
