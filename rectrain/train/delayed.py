@@ -344,28 +344,41 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
   validate(config)
   refuse_ignored(config, "delayed")
   dc = resolve_delayed_config(config)
-  if config.data.source != "synthetic":
+  from_table = config.data.source == "table"  # a real delay column (a schema's label_time)
+  if from_table:
+    from rectrain.data.schema import get_schema
+    schema = get_schema(config.data.schema, config.data.get("format", ""),
+                        config.data.get("header", ""), config.data.get("label", ""))
+    if schema.label_time is None:
+      raise ValueError(f"config data.schema={config.data.schema!r}: the delayed-feedback runner "
+                       "needs a label_time column (e.g. the criteo_conversion_logs card)")
+  elif config.data.source != "synthetic":
     raise ValueError(f"config data.source={config.data.source!r}: the delayed-feedback runner "
-                     f"needs label delays, which only data.source='synthetic' has")
+                     f"needs label delays: data.source='synthetic', or 'table' with a schema "
+                     f"that has a label_time column")
   t_start = time.perf_counter()
   method = dc.method
-  rows_per_day = float(config.data.synthetic.rows_per_day)
-  seed_rows = int(round(float(dc.seed_days) * rows_per_day))
-  if float(dc.incremental_days) > 0:
-    inc_rows = int(round(float(dc.incremental_days) * rows_per_day))
+  if from_table:  # phases by event time from the first window; rows as they come
+    seed_rows = inc_rows = None
+    stream_rows = int(config.data.max_rows)
   else:
-    inc_rows = int(config.data.max_rows) - seed_rows
-  if inc_rows <= 0:
-    raise ValueError(f"config data.max_rows={config.data.max_rows} leaves no incremental rows "
-                     f"after delayed.seed_days={dc.seed_days} ({seed_rows} rows); raise "
-                     f"data.max_rows or set delayed.incremental_days")
-  seed_end_s = float(dc.seed_days) * 86400.0
+    rows_per_day = float(config.data.synthetic.rows_per_day)
+    seed_rows = int(round(float(dc.seed_days) * rows_per_day))
+    if float(dc.incremental_days) > 0:
+      inc_rows = int(round(float(dc.incremental_days) * rows_per_day))
+    else:
+      inc_rows = int(config.data.max_rows) - seed_rows
+    if inc_rows <= 0:
+      raise ValueError(f"config data.max_rows={config.data.max_rows} leaves no incremental rows "
+                       f"after delayed.seed_days={dc.seed_days} ({seed_rows} rows); raise "
+                       f"data.max_rows or set delayed.incremental_days")
+    stream_rows = seed_rows + inc_rows
   batch_size = int(config.data.batch_size)
   k = int(config.train.steps_per_dispatch)
   learn = bool(config.train.get("learn", True))
 
   mesh = _run_mesh(config)  # None: one device
-  stream = _stream(config, seed_rows + inc_rows)
+  stream = _stream(config, stream_rows)
   num_rows, num_fields, num_dense = stream.num_rows, stream.layout.num_fields, stream.num_dense
   table_rows = num_rows if mesh is None else sh.padded_rows(num_rows, mesh)
   devices = Devices(mesh, table_rows)
@@ -439,7 +452,15 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
   t_seed_end = None
   try:
     joiner = LabelJoiner(stream, _join_config(dc, dc.join_mode, batch_size))
+    seed_end_s = end_s = None
     for w in joiner.windows(float(dc.window_s)):
+      if seed_end_s is None:  # the synthetic stream starts at 0; a real one at its first window
+        t0 = float(w.start) if from_table else 0.0
+        seed_end_s = t0 + float(dc.seed_days) * 86400.0
+        end_s = (seed_end_s + float(dc.incremental_days) * 86400.0
+                 if from_table and float(dc.incremental_days) > 0 else math.inf)
+      if float(w.start) >= end_s:
+        break
       name = "seed" if float(w.start) < seed_end_s else "incremental"
       ph = phases[name]
       if name == "incremental" and t_seed_end is None:
@@ -513,6 +534,11 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
   t_end = time.perf_counter()
   if t_seed_end is None:
     t_seed_end, seed_steps = t_end, int(scalar_to_host(state.step))
+  if from_table:
+    seed_rows, inc_rows = (int(phases[n].metrics.result()["rows"]) for n in ("seed", "incremental"))
+    if not inc_rows:
+      raise ValueError(f"config delayed.seed_days={dc.seed_days}: {config.data.path} has no "
+                       f"impressions after the seed days ({seed_rows} rows before); lower it")
   summary = {"method": method, "join_mode": dc.join_mode, "model": config.model.name,
              "seed_rows": seed_rows, "incremental_rows": inc_rows}
   summary.update(phases["incremental"].result())
