@@ -211,3 +211,23 @@ def test_conversion_logs_card_gives_labels_and_delays(tmp_path):
   assert s.report()["skipped"] == {"bad_time": 1}
   assert "column conv_ts: '900' is not a time (unix_s) at or after the event time" in (
       s.report()["first_errors"][0])
+
+
+def test_hugging_face_dataset_by_a_schema(tmp_path):
+  pytest.importorskip("datasets")
+  from rectrain.data.hf import HFTableStream
+  table = pacsv.read_csv(AVAZU, read_options=pacsv.ReadOptions(column_names=HEADER.split(",")))
+  path = str(tmp_path / "train.parquet")
+  pq.write_table(table, path, row_group_size=100)
+  want = _rows(TableStream(AVAZU, 64, "avazu", cat_buckets=997))
+  c = apply_overrides(default_config(), ["data.source=hf", "data.schema=avazu",
+                                         f"data.path={path}", "data.batch_size=64",
+                                         "data.cat_buckets=997", "data.max_rows=0"])
+  validate(c)
+  stream = make_stream(c.data)
+  assert isinstance(stream, HFTableStream)
+  got = _rows(stream)
+  for key in ("label", "cat", "time", "index"):
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+  with pytest.raises(InputError, match=r"columns \['nope'\] of schema"):
+    HFTableStream(path, 64, parse_spec("nope:label,C1:cat"))

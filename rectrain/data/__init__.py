@@ -57,6 +57,12 @@ def _make_source(data: ml_collections.ConfigDict, seed: int, max_rows, shuffle_b
                         data.get("label", ""))
     return TableStream(paths, schema=schema, bad_lines=data.bad_lines, max_rows=max_rows,
                        shuffle_buffer=shuffle_buffer, **common)
+  if data.source == "hf" and data.get("schema", ""):
+    from rectrain.data.hf import HFTableStream
+    from rectrain.data.schema import get_schema
+    schema = get_schema(data.schema, "parquet", "no", data.get("label", ""))
+    return HFTableStream(str(data.path), schema=schema, bad_lines=data.bad_lines,
+                         max_rows=max_rows, shuffle_buffer=shuffle_buffer, **common)
   if data.source == "hf":
     from rectrain.data.hf import HFStream
     return HFStream(data.path, bad_lines=data.bad_lines, max_rows=max_rows,

@@ -1,4 +1,8 @@
-"""Criteo-schema data through Hugging Face ``datasets`` (streaming).
+"""Hugging Face ``datasets`` (streaming): Criteo-schema data, or any dataset by a schema.
+
+:class:`HFTableStream` reads a Hub dataset (or local files ``datasets`` can
+load) by a :class:`rectrain.data.schema.Schema`, its columns found by name, with
+the parsing, bad-row policy and batching of :class:`rectrain.data.table.TableStream`.
 
 :class:`HFStream` loads a dataset name from the Hub, or local CSV/TSV/Parquet
 files, with ``datasets.load_dataset(..., streaming=True)`` and turns it into
@@ -24,6 +28,7 @@ import os
 from typing import Iterator, Sequence
 
 from rectrain.data.criteo import COLUMN_NAMES, BlockStream, RawItem
+from rectrain.data.table import TableStream
 
 _CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 
@@ -135,3 +140,52 @@ class HFStream(BlockStream):
         raise ValueError(f"{source}: dataset lacks the Criteo columns {missing}")
       for table in ds.with_format("arrow").iter(batch_size=self.block_rows):
         yield RawItem(source, header_lines, columns=[table.column(c) for c in COLUMN_NAMES])
+
+
+class HFTableStream(TableStream):
+  """A Hugging Face dataset by a schema (``data.source=hf`` with ``data.schema``).
+
+  ``name``: a Hub dataset name (e.g. ``criteo/criteo-attribution-dataset``)
+  or a local parquet file, loaded with ``datasets.load_dataset(...,
+  streaming=True)``; ``config`` / ``split`` select its part. Columns are taken
+  by the schema's names (``*`` expands over the dataset's columns); bad rows
+  are named by their 1-based row in the split. Other arguments as
+  :class:`~rectrain.data.table.TableStream`.
+  """
+
+  _by_name = True
+
+  def __init__(self, name, batch_size: int, schema, config: str | None = None,
+               split: str = "train", block_rows: int = 8192, **kwargs):
+    self.hf_config, self.split, self.block_rows = config, split, int(block_rows)
+    if self.block_rows < 1:
+      raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    super().__init__(name, batch_size, schema, **kwargs)
+
+  def _check_paths(self) -> None:
+    if len(self.paths) != 1:
+      raise ValueError(f"HFTableStream: one dataset name, got {self.paths}")
+
+  def _dataset(self):
+    import datasets  # Imported lazily: only this source needs it.
+    name = self.paths[0]
+    if os.path.exists(name):
+      if _file_format(name) != "parquet":
+        raise ValueError(f"{name}: a local text file is read by data.source=table; "
+                         "data.source=hf with a schema takes a Hub name or a parquet file")
+      return datasets.load_dataset("parquet", data_files=[name], split="train", streaming=True)
+    return datasets.load_dataset(name, self.hf_config, split=self.split, streaming=True)
+
+  def _first_names(self, schema):
+    ds = self._dataset()
+    names = ds.column_names
+    if names is None:  # a streaming dataset without declared features: its first rows
+      names = list(next(iter(ds.with_format("arrow").iter(batch_size=1))).column_names)
+    return list(names)
+
+  def _raw_items(self, skip: int = 0) -> Iterator[RawItem]:
+    if skip:
+      return
+    names = list(self.schema.names)
+    for table in self._dataset().with_format("arrow").iter(batch_size=self.block_rows):
+      yield RawItem(self.paths[0], columns=[table.column(c) for c in names])

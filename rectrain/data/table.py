@@ -205,6 +205,7 @@ class SchemaBlock:
 
 def parse_table(schema: Schema, columns: Sequence[pa.Array]) -> SchemaBlock:
   """Decodes the columns (``schema.names`` order) of one unit into a :class:`SchemaBlock`."""
+  columns = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in columns]
   n = len(columns[0]) if columns else 0
   reason = np.zeros(n, np.int8)
   bad_col = np.full(n, -1, np.int16)
@@ -300,10 +301,8 @@ class TableStream(BlockStream):
       paths = [paths]
     self.paths = [os.fspath(p) for p in paths]
     if not self.paths:
-      raise ValueError("TableStream: no paths given")
-    for p in self.paths:
-      if not os.path.exists(p):
-        raise FileNotFoundError(f"data file not found: {p}")
+      raise ValueError(f"{type(self).__name__}: no paths given")
+    self._check_paths()
     schema = get_schema(schema) if isinstance(schema, str) else schema
     if int_mode not in ("log1p", "categorical"):
       raise ValueError(f"int_mode must be 'log1p' or 'categorical', got {int_mode!r}")
@@ -311,6 +310,14 @@ class TableStream(BlockStream):
     self.block_size = int(block_size)
     super().__init__(batch_size, cat_buckets, int_mode, int_buckets, bad_lines, max_rows,
                      shuffle_buffer, seed, max_reported, workers, raw_ids=raw_ids)
+
+  # Columns are found by name (parquet, a dataset), not by position in a line.
+  _by_name = False
+
+  def _check_paths(self) -> None:
+    for p in self.paths:
+      if not os.path.exists(p):
+        raise FileNotFoundError(f"data file not found: {p}")
 
   # -- the schema ---------------------------------------------------------------
 
@@ -335,13 +342,14 @@ class TableStream(BlockStream):
 
   def _resolve(self, schema: Schema, int_mode: str) -> Schema:
     names = self._first_names(schema)
-    self._header = names is not None and schema.format != "parquet"
+    by_name = self._by_name or schema.format == "parquet"
+    self._header = names is not None and not by_name
     if any(c.name == "*" for c in schema.columns):
       if names is None:
         raise ValueError(f"schema {schema.name!r}: '*' needs a header line naming the columns "
                          f"(first line of {self.paths[0]})")
       schema = schema.with_header(names)
-    elif schema.format == "parquet":
+    elif by_name:
       absent = [n for n in schema.names if n not in names]
       if absent:
         raise InputError(f"{self.paths[0]}: columns {absent} of schema {schema.name!r} are not "
