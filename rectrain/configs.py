@@ -429,7 +429,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       get_schema(config.data.schema, config.data.get("format", ""), config.data.get("header", ""),
                  config.data.get("label", ""))
     except ValueError as e:
-      raise ValueError(f"config data.schema={config.data.schema!r}: {e}") from None
+      msg = str(e)
+      raise ValueError(msg if msg.startswith("config ") else
+                       f"config data.schema={config.data.schema!r}: {msg}") from None
   _validate_split(config)
   _validate_serving(config)
   _validate_optim(config)

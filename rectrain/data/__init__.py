@@ -39,7 +39,7 @@ def _make_source(data: ml_collections.ConfigDict, seed: int, max_rows, shuffle_b
                 int_mode=data.int_mode, int_buckets=data.int_buckets, seed=seed,
                 raw_ids=bool(raw_ids))
   if data.source != "synthetic" and data.get("start_row", 0):
-    raise ValueError(f"config data.start_row is only supported for data.source='synthetic'")
+    raise ValueError("config data.start_row is only supported for data.source='synthetic'")
   if data.source == "synthetic":
     from rectrain.data.synthetic import SyntheticStream
     return SyntheticStream(data.synthetic, num_rows_total=max_rows,
