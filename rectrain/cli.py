@@ -204,6 +204,25 @@ def _quiet_after_error():
   logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
+def compile_cache() -> str | None:
+  """Turns on JAX's persistent compilation cache for this process; returns its directory.
+
+  ``RECTRAIN_COMPILE_CACHE``: the directory (default ``~/.cache/rectrain/jax``),
+  or ``0`` / empty to leave the cache off. A later run of the same shapes
+  loads the compiled steps instead of compiling them again (programs that
+  compiled in under 0.5 s are not stored). Only the command line turns it on;
+  library calls (and the tests) keep JAX's default.
+  """
+  where = os.environ.get("RECTRAIN_COMPILE_CACHE",
+                         os.path.join(os.path.expanduser("~"), ".cache", "rectrain", "jax"))
+  if where in ("", "0"):
+    return None
+  import jax
+  jax.config.update("jax_compilation_cache_dir", where)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return where
+
+
 # Errors of the user's world (input, config, files, the run directory): exit 2.
 _USER_ERRORS = (ValueError, KeyError, OSError, FloatingPointError)
 
@@ -222,6 +241,7 @@ def main(argv=None) -> int:
   if debug:  # for this call (and the processes it starts) only
     os.environ["RECTRAIN_DEBUG"] = "1"
   try:
+    compile_cache()
     return args.func(args)
   except BrokenPipeError:  # output piped into e.g. `head`
     sys.stderr.close()

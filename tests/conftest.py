@@ -1,6 +1,10 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The command line's persistent compilation cache stays off in the tests (and in the CLI
+# processes they start), so no test reads or writes ~/.cache; tests/test_compile_cache.py
+# turns it on in a directory of its own.
+os.environ.setdefault("RECTRAIN_COMPILE_CACHE", "0")
 
 import jax  # noqa: E402
 
