@@ -321,42 +321,47 @@ class TableStream(BlockStream):
 
   # -- the schema ---------------------------------------------------------------
 
+  def _split_header(self, line: bytes, schema: Schema) -> list[str]:
+    return [x.decode("utf-8", "replace").strip().strip('"')
+            for x in line.rstrip(b"\r").split(b"\t" if schema.format == "tsv" else b",")]
+
+  def _is_header(self, names: list[str], schema: Schema) -> bool:
+    named = {c.name for c in schema.columns if c.name != "*"}
+    return schema.header == "yes" or (schema.header == "auto" and bool(named)
+                                      and named <= set(names))
+
   def _first_names(self, schema: Schema) -> list[str] | None:
     """The first file's header (text) or column names (parquet); None if it has none."""
     path = self.paths[0]
-    if schema.format == "parquet":
-      import pyarrow.parquet as pq
-      try:
+    try:
+      if schema.format == "parquet":
+        import pyarrow.parquet as pq
         return list(pq.ParquetFile(path).schema_arrow.names)
-      except (OSError, pa.ArrowException) as e:
-        raise InputError(f"{path}: not a readable parquet file: {e}") from e
-    stream, _, _ = _open(path)
-    with stream:
-      line = stream.read(1 << 16).split(b"\n", 1)[0].rstrip(b"\r")
-    names = [x.decode("utf-8", "replace").strip().strip('"')
-             for x in line.split(b"\t" if schema.format == "tsv" else b",")]
-    named = {c.name for c in schema.columns if c.name != "*"}
-    if schema.header == "yes" or (schema.header == "auto" and named and named <= set(names)):
-      return names
-    return None
+      stream, _, _ = _open(path)
+      with stream:
+        line = stream.read(1 << 16).split(b"\n", 1)[0]
+    except (OSError, pa.ArrowException) as e:
+      what = "not a readable parquet file" if schema.format == "parquet" else "unreadable"
+      raise InputError(f"{path}: {what}: {e}") from e
+    names = self._split_header(line, schema)
+    return names if self._is_header(names, schema) else None
 
   def _resolve(self, schema: Schema, int_mode: str) -> Schema:
-    names = self._first_names(schema)
-    by_name = self._by_name or schema.format == "parquet"
-    self._header = names is not None and not by_name
+    # Only '*' (and a dataset's columns by name) needs the first source's names now; a text
+    # file's header line is recognised per file as it is read (a resumed run does not read
+    # the files it skips).
     if any(c.name == "*" for c in schema.columns):
+      names = self._first_names(schema)
       if names is None:
         raise ValueError(f"schema {schema.name!r}: '*' needs a header line naming the columns "
                          f"(first line of {self.paths[0]})")
       schema = schema.with_header(names)
-    elif by_name:
+    elif self._by_name:
+      names = self._first_names(schema)
       absent = [n for n in schema.names if n not in names]
       if absent:
         raise InputError(f"{self.paths[0]}: columns {absent} of schema {schema.name!r} are not "
                          f"in the file (it has {names})")
-    elif self._header and list(names) != list(schema.names):
-      raise InputError(f"{self.paths[0]}: header {names} is not the columns of schema "
-                       f"{schema.name!r} {list(schema.names)} in order")
     if int_mode == "categorical":
       schema = dataclasses.replace(schema, columns=tuple(
           dataclasses.replace(c, arg="bucket") if c.role == "num" else c
@@ -411,9 +416,15 @@ class TableStream(BlockStream):
     for path in self.paths[skip:]:
       first = True
       for item in split_lines(path, self.block_size):
-        if first and self._header:  # the header line is not data
-          cut = bytes(item.chunk[:1 << 16]).find(b"\n") + 1
-          item = RawItem(path, skip_lines=1, chunk=item.chunk[cut:] if cut else b"")
+        if first:  # a header line is not data
+          head = bytes(item.chunk[:1 << 16])
+          cut = head.find(b"\n") + 1 or len(head)
+          names = self._split_header(head[:cut].rstrip(b"\n"), self.schema)
+          if self._is_header(names, self.schema):
+            if names != list(self.schema.names):
+              raise InputError(f"{path}: header {names} is not the columns of schema "
+                               f"{self.schema.name!r} {list(self.schema.names)} in order")
+            item = RawItem(path, skip_lines=1, chunk=item.chunk[cut:])
         first = False
         yield item
 
@@ -422,6 +433,10 @@ class TableStream(BlockStream):
     names = list(self.schema.names)
     for path in self.paths[skip:]:
       try:
+        absent = [n for n in names if n not in pq.ParquetFile(path).schema_arrow.names]
+        if absent:
+          raise InputError(f"{path}: columns {absent} of schema {self.schema.name!r} are not "
+                           "in the file")
         for rb in pq.ParquetFile(path).iter_batches(batch_size=1 << 16, columns=names):
           yield RawItem(path, columns=[rb.column(i) for i in range(len(names))])
       except (OSError, pa.ArrowException) as e:
