@@ -424,10 +424,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not config.data.get("schema", ""):
       raise ValueError("config data.schema is required for data.source='table' (a dataset "
                        "card such as avazu or criteo_kaggle, or a spec 'name:role,...')")
-    from rectrain.data.schema import get_schema  # no jax
+    from rectrain.data.schema import schema_of  # no jax
     try:
-      get_schema(config.data.schema, config.data.get("format", ""), config.data.get("header", ""),
-                 config.data.get("label", ""))
+      schema_of(config.data)
     except ValueError as e:
       msg = str(e)
       raise ValueError(msg if msg.startswith("config ") else

@@ -50,12 +50,10 @@ def _make_source(data: ml_collections.ConfigDict, seed: int, max_rows, shuffle_b
     return CriteoStream(paths, bad_lines=data.bad_lines, max_rows=max_rows,
                         shuffle_buffer=shuffle_buffer, **common)
   if data.source == "table":
-    from rectrain.data.schema import get_schema
+    from rectrain.data.schema import schema_of
     from rectrain.data.table import TableStream
     paths = [p for p in str(data.path).split(",") if p]
-    schema = get_schema(data.schema, data.get("format", ""), data.get("header", ""),
-                        data.get("label", ""))
-    return TableStream(paths, schema=schema, bad_lines=data.bad_lines, max_rows=max_rows,
+    return TableStream(paths, schema=schema_of(data), bad_lines=data.bad_lines, max_rows=max_rows,
                        shuffle_buffer=shuffle_buffer, **common)
   if data.source == "hf" and data.get("schema", ""):
     from rectrain.data.hf import HFTableStream

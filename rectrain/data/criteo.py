@@ -414,6 +414,17 @@ def split_lines(path: str, chunk_bytes: int = 1 << 21) -> Iterator[RawItem]:
     yield RawItem(path, chunk=tail)
 
 
+def path_list(paths, owner: str) -> list[str]:
+  """One path or several as a non-empty list of strings (``owner`` names the stream in the
+  error)."""
+  if isinstance(paths, (str, os.PathLike)):
+    paths = [paths]
+  out = [os.fspath(p) for p in paths]
+  if not out:
+    raise ValueError(f"{owner}: no paths given")
+  return out
+
+
 class CriteoStream(BlockStream):
   """Criteo Kaggle / Terabyte log files as a time-ordered stream of batches.
 
@@ -451,11 +462,7 @@ class CriteoStream(BlockStream):
                workers: int = 2, block_size: int = 1 << 21, raw_ids: bool = False):
     super().__init__(batch_size, cat_buckets, int_mode, int_buckets, bad_lines, max_rows,
                      shuffle_buffer, seed, max_reported, workers, raw_ids=raw_ids)
-    if isinstance(paths, (str, os.PathLike)):
-      paths = [paths]
-    self.paths = [os.fspath(p) for p in paths]
-    if not self.paths:
-      raise ValueError("CriteoStream: no paths given")
+    self.paths = path_list(paths, "CriteoStream")
     for p in self.paths:
       if not os.path.exists(p):
         raise FileNotFoundError(f"Criteo file not found: {p}")

@@ -167,6 +167,12 @@ class HFTableStream(TableStream):
       raise ValueError(f"HFTableStream: one dataset name, got {self.paths}")
 
   def _dataset(self):
+    """The streaming dataset, loaded once (its columns at construction, then its rows)."""
+    if getattr(self, "_ds", None) is None:
+      self._ds = self._load()
+    return self._ds
+
+  def _load(self):
     import datasets  # Imported lazily: only this source needs it.
     name = self.paths[0]
     if os.path.exists(name):

@@ -239,3 +239,10 @@ def get_schema(name_or_spec: str, format: str = "", header: str = "", label: str
   if label:
     schema = with_label(schema, label)
   return _check(schema)
+
+
+def schema_of(data) -> Schema:
+  """The schema a run config's ``data`` section names (``data.schema`` with its ``format``,
+  ``header`` and ``label`` overrides)."""
+  return get_schema(data.schema, data.get("format", ""), data.get("header", ""),
+                    data.get("label", ""))

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rectrain.data import hashing
-from rectrain.data.criteo import BlockStream, _open, split_lines
+from rectrain.data.criteo import BlockStream, _open, path_list, split_lines
 from rectrain.data.criteo_parse import (Parsed, RawItem, _string_parts, _unpack_validity,
                                         read_chunk)
 from rectrain.data.schema import Schema, get_schema
@@ -297,11 +297,7 @@ class TableStream(BlockStream):
                int_buckets: int = 512, bad_lines: str = "skip", max_rows: int | None = None,
                shuffle_buffer: int = 0, seed: int = 0, max_reported: int = 10,
                workers: int = 2, block_size: int = 1 << 21, raw_ids: bool = False):
-    if isinstance(paths, (str, os.PathLike)):
-      paths = [paths]
-    self.paths = [os.fspath(p) for p in paths]
-    if not self.paths:
-      raise ValueError(f"{type(self).__name__}: no paths given")
+    self.paths = path_list(paths, type(self).__name__)
     self._check_paths()
     schema = get_schema(schema) if isinstance(schema, str) else schema
     if int_mode not in ("log1p", "categorical"):

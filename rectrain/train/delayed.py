@@ -346,10 +346,8 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
   dc = resolve_delayed_config(config)
   from_table = config.data.source == "table"  # a real delay column (a schema's label_time)
   if from_table:
-    from rectrain.data.schema import get_schema
-    schema = get_schema(config.data.schema, config.data.get("format", ""),
-                        config.data.get("header", ""), config.data.get("label", ""))
-    if schema.label_time is None:
+    from rectrain.data.schema import schema_of
+    if schema_of(config.data).label_time is None:
       raise ValueError(f"config data.schema={config.data.schema!r}: the delayed-feedback runner "
                        "needs a label_time column (e.g. the criteo_conversion_logs card)")
   elif config.data.source != "synthetic":
