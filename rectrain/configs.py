@@ -420,6 +420,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config model.dropout_rate > 0 is not supported by the training step yet")
   if config.data.source in ("criteo", "table", "hf") and not config.data.path:
     raise ValueError(f"config data.path is required for data.source={config.data.source!r}")
+  # The schema keys: honoured by data.source=table (all) and hf (schema, label); never ignored.
+  honoured = {"table": ("schema", "format", "header", "label"), "hf": ("schema", "label")}.get(
+      config.data.source, ())
+  ignored = [k for k in ("schema", "format", "header", "label")
+             if config.data.get(k, "") and k not in honoured]
+  if ignored:
+    raise ValueError(f"config {', '.join('data.' + k for k in ignored)}: not used by "
+                     f"data.source={config.data.source!r} (data.source='table' reads files by a "
+                     "schema; 'hf' takes data.schema and data.label)")
+  if config.data.source == "hf" and config.data.get("label", "") and not config.data.get(
+      "schema", ""):
+    raise ValueError("config data.label: needs data.schema with data.source='hf' (the Criteo "
+                     "columns' label is fixed)")
   if config.data.source == "table":
     if not config.data.get("schema", ""):
       raise ValueError("config data.schema is required for data.source='table' (a dataset "

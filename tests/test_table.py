@@ -288,3 +288,12 @@ def test_a_killed_table_run_resumes_per_file_to_the_same_result(tmp_path):
   assert {k: v for k, v in resumed.items() if k not in skip} == \
       {k: v for k, v in ref.items() if k not in skip}
   assert (work / "metrics.jsonl").read_text() == (tmp_path / "ref" / "metrics.jsonl").read_text()
+
+
+def test_schema_keys_are_never_silently_ignored():
+  for sets, key in ((["data.schema=avazu"], "data.schema"),
+                    (["data.source=criteo", "data.path=x", "data.label=click"], "data.label"),
+                    (["data.source=hf", "data.path=x", "data.format=csv"], "data.format"),
+                    (["data.source=hf", "data.path=x", "data.label=click"], "data.label")):
+    with pytest.raises(ValueError, match=rf"config {key}"):
+      validate(apply_overrides(default_config(), sets))
