@@ -10,6 +10,10 @@ its own subprocess; one pass over the first 90% in order, the frozen model on
 the last 10%. VW runs with ``-b 24`` (``2^24`` weights, at least rectrain's
 26 x 2^18 table rows); ``--vw-bits 18,24`` adds runs, the ratios use the first.
 
+Each rectrain model runs twice on a fresh JAX compilation cache (the command
+line turns the cache on by default): cold, then warm; the ratios use the
+warm run (every run after the first of a configuration).
+
 Prints one table (training rows/s, rectrain's steady-state rows/s after the
 first dispatch, training rows / process wall time, process wall, peak RSS,
 held-out AUC and log loss) and the ratios rectrain LR / VW (rows/s, process
@@ -70,7 +74,7 @@ def main(argv=None) -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   pl.add_common_args(parser, default_bits="24")
   args = parser.parse_args(argv)
-  record = pl.run_comparison(args, list(MODELS), "peers")
+  record = pl.run_comparison(args, list(MODELS), "peers", cold_runs=True)
   record["ratios"] = pl.speed_ratios(record["systems"])
   pl.write_outputs(record, speed_table(record))
 

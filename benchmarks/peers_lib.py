@@ -82,6 +82,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import signal
@@ -317,9 +318,9 @@ def rectrain_overrides(model: str, train_path: str, extra=()) -> list:
                          "train.progress=False", "metrics.window_rows=0", *extra]
 
 
-def rectrain_command(model: str, data: dict, out_dir: str, extra=()) -> list:
+def rectrain_command(model: str, data: dict, out_dir: str, extra=(), cache: str = "0") -> list:
   cmd = [sys.executable, THIS, "rectrain", "--train", data["train"], "--test", data["test"],
-         "--out", out_dir, "--model", model]
+         "--out", out_dir, "--model", model, "--compile-cache", cache]
   for item in extra:
     cmd += ["--set", item]
   return cmd
@@ -356,7 +357,14 @@ def _count_lines(path: str) -> int:
 
 
 def run_rectrain(args) -> None:
-  """Trains the default config on ``--train`` (one pass), scores ``--test`` frozen."""
+  """Trains the default config on ``--train`` (one pass), scores ``--test`` frozen.
+
+  With ``--compile-cache DIR`` JAX's persistent compilation cache is on, as
+  the ``rectrain`` command line turns it on by default.
+  """
+  os.environ["RECTRAIN_COMPILE_CACHE"] = args.compile_cache
+  from rectrain.cli import compile_cache
+  compile_cache()
   import jax
   from rectrain import configs
   from rectrain.data import make_stream
@@ -701,8 +709,11 @@ def add_common_args(parser: argparse.ArgumentParser, default_bits: str) -> None:
                            f"(default {DEEPCTR['lr']}, tuned on world 100: benchmarks/README.md)")
 
 
-def run_comparison(args, rectrain_models: list, name: str) -> dict:
-  """Data, side venv, every system in turn; the JSON record (without tables)."""
+def run_comparison(args, rectrain_models: list, name: str, cold_runs: bool = False) -> dict:
+  """Data, side venv, every system in turn; the JSON record (without tables).
+
+  ``cold_runs``: each rectrain model also runs once on an empty compilation cache.
+  """
   if getattr(args, "models", ""):
     rectrain_models = [m for m in args.models.split(",") if m]
   rows = args.rows or (20_000 if args.smoke else 1_000_000)
@@ -742,12 +753,22 @@ def run_comparison(args, rectrain_models: list, name: str) -> dict:
                        os.path.join(out, f"vw_b{b}"), labels, train_rows, args.timeout)
       rec.update(kind="vw", bits=b, convert_sec=conv["train"]["wall_sec"] + conv["test"]["wall_sec"])
       systems.append(rec)
+  # rectrain as its command line runs it: with the compilation cache (a fresh
+  # one here). With cold_runs, each model first runs on the empty cache (what a
+  # first run of a configuration costs), then again on the filled one (every
+  # later run); the ratios use the second.
+  cache = os.path.join(out, "jax_cache")
+  shutil.rmtree(cache, ignore_errors=True)
   for m in rectrain_models:
-    d = os.path.join(out, f"rectrain_{m}")
-    rec = run_system(f"rectrain {m}", rectrain_command(m, data, d, extra), d, labels, train_rows,
-                     args.timeout)
-    rec.update(kind="rectrain", model=m)
-    systems.append(rec)
+    runs = [("cold", f"rectrain {m} (compile cache cold)"), ("", f"rectrain {m}")] if cold_runs \
+        else [("", f"rectrain {m}")]
+    for tag, label in runs:
+      d = os.path.join(out, f"rectrain_{m}" + (f"_{tag}" if tag else ""))
+      rec = run_system(label, rectrain_command(m, data, d, extra, cache), d, labels, train_rows,
+                       args.timeout)
+      rec.update(kind="rectrain" + (f"_{tag}" if tag else ""), model=m,
+                 compile_cache="cold" if tag else ("warm" if cold_runs else "on"))
+      systems.append(rec)
   if not args.skip_peers and not getattr(args, "skip_deepctr", False):
     rates = [float(x) for x in str(getattr(args, "deepctr_lr", "") or "").split(",") if x]
     for lr in rates or [None]:  # None: DEEPCTR["lr"]
@@ -834,6 +855,8 @@ def main(argv=None) -> None:
   r = sub.add_parser("rectrain")
   r.add_argument("--model", required=True)
   r.add_argument("--set", action="append")
+  r.add_argument("--compile-cache", default="0",
+                 help="JAX compilation cache directory, as RECTRAIN_COMPILE_CACHE (0: off)")
   c = sub.add_parser("vw-convert")
   c.add_argument("--src", required=True)
   c.add_argument("--dst", required=True)

@@ -148,7 +148,16 @@ def test_peers_skip_peers_smoke_end_to_end(tmp_path):
   peers.main(["--smoke", "--rows", "4000", "--skip-peers", "--out", str(out),
               "--data-dir", str(data_dir)])
   record = json.loads((out / "result.json").read_text())
-  assert [s["system"] for s in record["systems"]] == ["rectrain lr", "rectrain deepfm"]
+  # Each model on an empty compilation cache, then on the one it filled.
+  assert [s["system"] for s in record["systems"]] == [
+      "rectrain lr (compile cache cold)", "rectrain lr", "rectrain deepfm (compile cache cold)",
+      "rectrain deepfm"]
+  assert [s["compile_cache"] for s in record["systems"]] == ["cold", "warm"] * 2
+  assert os.listdir(out / "jax_cache")
+  for cold, warm in (record["systems"][:2], record["systems"][2:]):  # the cache changes no number
+    np.testing.assert_array_equal(np.load(out / f"rectrain_{cold['model']}_cold" / "preds.npy"),
+                                  np.load(out / f"rectrain_{warm['model']}" / "preds.npy"))
+  record["systems"] = record["systems"][1::2]
   data = record["data"]
   for s in record["systems"]:
     assert "error" not in s, s.get("error")

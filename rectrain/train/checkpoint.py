@@ -32,9 +32,14 @@ from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from rectrain.train import faults
+
+
+def _ocp():
+  """orbax.checkpoint, imported on first use (a run without checkpoints never loads it)."""
+  import orbax.checkpoint as ocp
+  return ocp
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,7 @@ def save_checkpoint(workdir: str, batches: int, state, meta: dict, keep: int = 2
       if os.path.exists(partial):
         shutil.rmtree(partial)
       os.makedirs(partial)
-      checkpointer = ocp.StandardCheckpointer()
+      checkpointer = _ocp().StandardCheckpointer()
       checkpointer.save(os.path.join(partial, "state"), state)
       checkpointer.wait_until_finished()
       for name, write in (extra_files or {}).items():
@@ -211,6 +216,7 @@ def restore_checkpoint(path: str, like_state) -> tuple[Any, dict]:
   if not os.path.isfile(os.path.join(path, "meta.json")):
     raise FileNotFoundError(f"not a complete rectrain checkpoint: {path}")
   check_format(path)
+  ocp = _ocp()
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like_state)
   state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"), abstract)
   with open(os.path.join(path, "meta.json")) as f:
@@ -239,7 +245,7 @@ def _flatten(tree) -> dict[str, Any]:
 
 def _restore_on_one_device(path: str):
   """A checkpoint's state as written (any device count) on this process's first device."""
-  checkpointer = ocp.StandardCheckpointer()
+  checkpointer = _ocp().StandardCheckpointer()
   meta = checkpointer.metadata(path)
   meta = getattr(meta, "item_metadata", meta)
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
