@@ -79,6 +79,8 @@ def format_summary(summary: dict) -> str:
       ("skipped rows", fmt(summary.get("skipped_rows"), ",d")),
       ("non-finite batches", fmt(summary.get("nonfinite_batches"), ",d")),
   ]
+  if summary.get("multi_hot_values_cut"):
+    rows.append(("multi-hot values cut (max length)", fmt(summary["multi_hot_values_cut"], ",d")))
   var = summary.get("variation") or {}
   for key in ("auc_std", "ne_std", "pcoc_std"):
     if key in var and var[key] is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ml_collections
 
-MODEL_NAMES = ("lr", "fm", "wide_deep", "deepfm", "dcnv2", "dlrm", "dnn")
+MODEL_NAMES = ("lr", "fm", "wide_deep", "deepfm", "dcnv2", "dlrm", "dnn", "din")
 
 _EMBED = {"embed_dim": 16, "embed_init_scale": 0.01, "embed_init": "truncated_normal"}
 _MLP = {"mlp_dims": (400, 400, 400), "batch_norm": False, "dropout_rate": 0.0}
@@ -26,6 +26,9 @@ MODEL_HPARAMS = {
     "dlrm": {**_EMBED, "bottom_mlp_dims": (512, 256), "top_mlp_dims": (512, 256),
              "interaction_self": False, "batch_norm": False, "dropout_rate": 0.0},
     "dnn": {**_EMBED, **_MLP},
+    # DIN (Zhou et al. 2018): needs a multi:seq field and the candidate's field as target.
+    "din": {**_EMBED, "att_dims": (80, 40), "mlp_dims": (200, 80), "target": "",
+            "batch_norm": False, "dropout_rate": 0.0},
 }
 
 

@@ -35,7 +35,8 @@ def _config(*overrides):
   return configs.apply_overrides(configs.default_config(), list(overrides))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+# DIN needs a behaviour sequence, which the synthetic world has not: tests/test_multihot.py.
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"din"}))
 def test_every_model_beats_the_base_rate_from_the_second_window_on(name):
   embed = [] if name == "lr" else ["model.embed_dim=8"]
   config = _config(f"model.name={name}", *SMALL, *embed, *SMALL_MLP.get(name, []))

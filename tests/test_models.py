@@ -205,7 +205,8 @@ EXPECTED_TABLES = {
 
 
 def test_registry_covers_every_model():
-  assert set(models.MODELS) == set(EXPECTED_TABLES) == set(SMALL)
+  # DIN reads a behaviour sequence besides the fields: tests/test_multihot.py.
+  assert set(models.MODELS) - {"din"} == set(EXPECTED_TABLES) == set(SMALL)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_TABLES))

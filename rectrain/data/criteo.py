@@ -141,6 +141,7 @@ class BlockStream:
     self._rows = 0
     self._skipped = {r: 0 for r in self.REASONS}
     self._first_errors: list[str] = []
+    self._values_cut = 0  # multi-hot values beyond their field's max length (not used)
     self._files: list[dict] = []  # per source read: see files_before()
     if not hasattr(self, "_resume"):
       self._resume = None
@@ -192,12 +193,16 @@ class BlockStream:
 
     ``rows_read`` counts every line seen (good or bad), ``rows`` the kept
     rows, ``first_errors`` the first ``max_reported`` bad lines as
-    ``"file:line: reason: detail"``. Valid during and after iteration (reset
-    when an iteration starts).
+    ``"file:line: reason: detail"``; ``values_cut`` (only when some were) the
+    multi-hot values beyond their field's max length, which the rows kept
+    without. Valid during and after iteration (reset when an iteration starts).
     """
-    return {"rows_read": self._rows_read, "rows": self._rows,
-            "skipped": {r: c for r, c in self._skipped.items() if c},
-            "first_errors": list(self._first_errors)}
+    out = {"rows_read": self._rows_read, "rows": self._rows,
+           "skipped": {r: c for r, c in self._skipped.items() if c},
+           "first_errors": list(self._first_errors)}
+    if self._values_cut:
+      out["values_cut"] = self._values_cut
+    return out
 
   def _raw_items(self, skip: int = 0) -> Iterator[RawItem]:
     """The units of every source but the first ``skip``."""
@@ -247,6 +252,7 @@ class BlockStream:
         self._rows_read += f["rows_read"]
         for reason, c in f["skipped"].items():
           self._skipped[reason] += c
+        self._values_cut += f.get("values_cut", 0)
         self._files.append(dict(f, skipped=dict(f["skipped"]), done=True))
     remaining = None if self.max_rows is None else self.max_rows - self._rows
     if remaining is not None and remaining <= 0:
@@ -296,6 +302,9 @@ class BlockStream:
         block = {k: v[good] for k, v in block.items()}
       if errors:
         self._bad(errors)
+      cut = block.pop("multi_cut", None)  # multi-hot values beyond a field's max length
+      cut = int(cut.sum()) if cut is not None else 0
+      self._values_cut += cut
       k = block["label"].shape[0]
       block["index"] = np.arange(self._rows, self._rows + k, dtype=np.int64)
       self._rows += k
@@ -304,6 +313,8 @@ class BlockStream:
         current["rows_read"] += n + len(errors)
         for e in errors:
           current["skipped"][e.reason] = current["skipped"].get(e.reason, 0) + 1
+        if cut:
+          current["values_cut"] = current.get("values_cut", 0) + cut
       yield block
       if remaining is not None:
         remaining -= k

@@ -71,12 +71,27 @@ def log_square_token(values: np.ndarray) -> np.ndarray:
   return out
 
 
+POOLS = ("sum", "mean", "seq")
+
+
 @dataclasses.dataclass(frozen=True)
 class FieldLayout:
-  """Names and bucket counts of the categorical fields of a fused table."""
+  """Names and bucket counts of the categorical fields of a fused table.
+
+  Field ``f`` owns rows ``offsets[f] .. offsets[f + 1] - 1``. A single-valued
+  field is one column of the batch's ``cat``; a multi-hot field (``lengths[f]
+  = L > 0``) is ``L`` columns, its values from the left and the unused slots
+  the padding id ``num_rows``, pooled into one field by ``pools[f]``
+  (:data:`POOLS`: ``sum``, ``mean``, or ``seq``, a behaviour sequence kept for
+  sequence models and mean-pooled for the others). Single-valued fields come
+  first, so their column index is their field index. ``lengths`` / ``pools``
+  empty: every field single-valued.
+  """
 
   names: tuple[str, ...]
   buckets: tuple[int, ...]
+  lengths: tuple[int, ...] = ()
+  pools: tuple[str, ...] = ()
 
   def __post_init__(self):
     if len(self.names) != len(self.buckets):
@@ -84,6 +99,37 @@ class FieldLayout:
     for name, b in zip(self.names, self.buckets):
       if int(b) < 2:
         raise ValueError(f"field {name}: buckets must be >= 2, got {b}")
+    if self.lengths or self.pools:
+      if not len(self.lengths) == len(self.pools) == len(self.names):
+        raise ValueError(f"{len(self.names)} fields but {len(self.lengths)} lengths and "
+                         f"{len(self.pools)} pools")
+      multi = [int(n) > 0 for n in self.lengths]
+      if any(m and not later for m, later in zip(multi, multi[1:])):
+        raise ValueError("multi-hot fields must come after the single-valued ones")
+      for name, n, pool in zip(self.names, self.lengths, self.pools):
+        if int(n) < 0 or (int(n) > 0 and pool not in POOLS) or (int(n) == 0 and pool):
+          raise ValueError(f"field {name}: length {n} and pool {pool!r} (a multi-hot field has "
+                           f"length >= 1 and a pool of {POOLS}; a single one 0 and '')")
+
+  @property
+  def num_single(self) -> int:
+    """Single-valued fields (the first ``cat`` columns)."""
+    return sum(1 for n in self.lengths if int(n) == 0) if self.lengths else len(self.names)
+
+  @property
+  def num_columns(self) -> int:
+    """Columns of the batch's ``cat``: one per single field, ``L`` per multi-hot field."""
+    return self.num_single + sum(int(n) for n in self.lengths)
+
+  @property
+  def multi_hot(self) -> tuple[tuple[int, int, str], ...]:
+    """``(first column, length, pool)`` of each multi-hot field, in field order."""
+    out, col = [], self.num_single
+    for n, pool in zip(self.lengths, self.pools):
+      if int(n) > 0:
+        out.append((col, int(n), pool))
+        col += int(n)
+    return tuple(out)
 
   @property
   def offsets(self) -> np.ndarray:

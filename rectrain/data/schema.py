@@ -15,10 +15,19 @@ A :class:`Schema` lists a file's columns in order, each with a role:
   formats; empty = a negative). Without a ``label`` column it is the label
   (present = 1); the batch gets ``delay`` = label time - event time (``inf``
   for a negative), the input of the delayed-feedback joiner.
+* ``multi``: several categorical values in one cell (MovieLens genres
+  ``Action|Comedy``, a user's recent items), argument ``POOL:MAXLEN:DELIM``
+  (defaults ``sum:8:|``): at most ``MAXLEN`` values kept (the first ones;
+  the values cut off are counted in the stream's report), each hashed into
+  the field's buckets, and pooled into one field by ``sum`` or ``mean``
+  (EmbeddingBag semantics: an empty cell pools to zeros), or ``seq``: kept as
+  a padded behaviour sequence for a sequence model (DIN), mean-pooled for the
+  others. ``DELIM`` is one character or ``pipe``, ``comma``, ``semicolon``,
+  ``colon``, ``space``, ``tab``.
 * ``ignore``: read, not used (an impression id).
 
 A schema is a dataset card's name (:data:`CARDS`) or a spec string of
-comma-separated ``name:role[:arg]`` entries, e.g.
+comma-separated ``name:role[:arg]`` entries (``name:multi[:POOL[:MAXLEN[:DELIM]]]``), e.g.
 ``"id:ignore,click:label,hour:time:yymmddhh,*:cat"``; ``*`` stands for every
 remaining column of the file's header (a file with a header line only).
 
@@ -34,7 +43,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-ROLES = ("label", "cat", "num", "time", "label_time", "ignore")
+ROLES = ("label", "cat", "num", "multi", "time", "label_time", "ignore")
+POOLS = ("sum", "mean", "seq")
+DELIMITERS = {"pipe": "|", "comma": ",", "semicolon": ";", "colon": ":", "space": " ", "tab": "\t"}
+MULTI_DEFAULT = "sum:8:|"
 NUM_TRANSFORMS = ("log1p", "bucket")
 TIME_FORMATS = ("unix_s", "unix_ms", "yymmddhh")
 FORMATS = ("tsv", "csv", "parquet")
@@ -91,9 +103,15 @@ class Schema:
 
   @property
   def fields(self) -> tuple[Column, ...]:
-    """The embedding fields, in order: ``cat`` columns, then bucketised ``num`` columns."""
+    """The single-valued embedding fields, in order: ``cat`` columns, then bucketised
+    ``num`` columns."""
     return self.of_role("cat") + tuple(
         c for c in self.columns if c.role == "num" and c.arg == "bucket")
+
+  @property
+  def multi(self) -> tuple[Column, ...]:
+    """The multi-hot fields, in order (after :attr:`fields` in the layout)."""
+    return self.of_role("multi")
 
   def with_header(self, header: Sequence[str]) -> "Schema":
     """The schema with ``*`` expanded over the ``header`` columns it does not name."""
@@ -129,6 +147,8 @@ def _check(schema: Schema) -> Schema:
     if c.role in ("time", "label_time") and c.arg not in TIME_FORMATS:
       raise ValueError(f"{where}: column {c.name!r}: time format {c.arg!r} must be one of "
                        f"{TIME_FORMATS}")
+    if c.role == "multi":
+      multi_options(c, where)
     if c.role == "label" and c.arg:
       try:
         float(c.arg)
@@ -145,10 +165,33 @@ def _check(schema: Schema) -> Schema:
     raise ValueError(f"{where}: a label_time column needs the event time column (role time)")
   if len([c for c in schema.columns if c.name == "*"]) > 1:
     raise ValueError(f"{where}: at most one '*' entry")
-  if not schema.fields and not any(c.name == "*" and c.role in ("cat", "num")
+  if not (schema.fields or schema.multi) and not any(c.name == "*" and c.role in ("cat", "num")
                                    for c in schema.columns):
-    raise ValueError(f"{where}: no categorical field (role cat, or num:bucket)")
+    raise ValueError(f"{where}: no categorical field (role cat, multi, or num:bucket)")
   return schema
+
+
+def multi_options(col: Column, where: str = "schema") -> tuple[str, int, str]:
+  """``(pool, max_len, delimiter)`` of a ``multi`` column (its ``POOL:MAXLEN:DELIM`` arg)."""
+  parts = (col.arg or MULTI_DEFAULT).split(":")
+  defaults = MULTI_DEFAULT.split(":")
+  if len(parts) > 3:
+    raise ValueError(f"{where}: column {col.name!r}: multi argument {col.arg!r} must be "
+                     "POOL:MAXLEN:DELIM")
+  pool, max_len, delim = (parts + defaults[len(parts):])[:3]
+  if pool not in POOLS:
+    raise ValueError(f"{where}: column {col.name!r}: pool {pool!r} must be one of {POOLS}")
+  try:
+    n = int(max_len)
+  except ValueError:
+    n = 0
+  if n < 1:
+    raise ValueError(f"{where}: column {col.name!r}: max length {max_len!r} must be an int >= 1")
+  delim = DELIMITERS.get(delim, delim)
+  if len(delim) != 1:
+    raise ValueError(f"{where}: column {col.name!r}: delimiter {delim!r} must be one "
+                     f"character or one of {sorted(DELIMITERS)}")
+  return pool, n, delim
 
 
 def parse_spec(spec: str, name: str = "custom", format: str = "tsv",
@@ -159,8 +202,12 @@ def parse_spec(spec: str, name: str = "custom", format: str = "tsv",
     if not entry:
       continue
     parts = entry.split(":")
+    if len(parts) >= 2 and parts[1] == "multi" and len(parts) <= 5 and parts[0]:
+      cols.append(Column(parts[0], "multi", ":".join(parts[2:])))
+      continue
     if len(parts) not in (2, 3) or not parts[0]:
-      raise ValueError(f"schema spec entry {entry!r}: must be name:role or name:role:arg")
+      raise ValueError(f"schema spec entry {entry!r}: must be name:role or name:role:arg "
+                       "(name:multi[:POOL[:MAXLEN[:DELIM]]])")
     role = parts[1]
     arg = parts[2] if len(parts) == 3 else {"num": "log1p", "time": "unix_s",
                                             "label_time": "unix_s"}.get(role, "")

@@ -41,7 +41,7 @@ from rectrain.data import hashing
 from rectrain.data.criteo import BlockStream, _open, path_list, split_lines
 from rectrain.data.criteo_parse import (Parsed, RawItem, _string_parts, _unpack_validity,
                                         read_chunk)
-from rectrain.data.schema import Schema, get_schema
+from rectrain.data.schema import Schema, get_schema, multi_options
 from rectrain.errors import InputError
 
 REASONS = ("wrong_field_count", "bad_label", "bad_num", "bad_time")
@@ -121,6 +121,35 @@ def cat_values(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
   return values, missing
 
 
+def multi_values(arr: pa.Array, max_len: int, delim: str) -> tuple[np.ndarray, np.ndarray,
+                                                                    np.ndarray]:
+  """(values (N, L) uint64, lengths (N,) int32, cut (N,) int32) of a multi-hot column.
+
+  Each cell is split at ``delim`` (pyarrow, vectorised); empty pieces (``a||b``,
+  an empty or null cell) are no values. The first ``L = max_len`` values of a
+  row fill ``values[row, :lengths[row]]`` as :func:`hash_strings` hashes (0
+  elsewhere); ``cut`` counts the values beyond ``L``.
+  """
+  n = len(arr)
+  arr = _text(arr)
+  lists = pc.split_pattern(arr, pattern=delim)
+  tokens = pc.list_flatten(lists)
+  parent = np.asarray(pc.list_parent_indices(lists).to_numpy(zero_copy_only=False), np.int64)
+  tokens = tokens.combine_chunks() if isinstance(tokens, pa.ChunkedArray) else tokens
+  offsets, data = _string_parts(tokens)
+  keep = np.diff(offsets) > 0
+  parent = parent[keep]
+  counts = np.bincount(parent, minlength=n).astype(np.int64)
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  pos = np.arange(parent.size, dtype=np.int64) - starts[parent]
+  fit = pos < max_len
+  hashes = hash_strings(offsets, data)[keep]
+  values = np.zeros((n, max_len), np.uint64)
+  values[parent[fit], pos[fit]] = hashes[fit]
+  return (values, np.minimum(counts, max_len).astype(np.int32),
+          np.maximum(counts - max_len, 0).astype(np.int32))
+
+
 def num_values(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(values (N,) float64 (0 where missing or bad), missing, bad) of a numeric column; null
   or empty strings are missing.
@@ -191,6 +220,7 @@ class SchemaBlock:
   reason_N: np.ndarray
   bad_column_N: np.ndarray
   delay_N: np.ndarray | None = None
+  multi: tuple = ()  # per multi-hot field: (values (N, L) uint64, lengths (N,), cut (N,))
 
   @property
   def num_lines(self) -> int:
@@ -200,7 +230,8 @@ class SchemaBlock:
     return SchemaBlock(self.label_N[idx], self.cat_FxN[:, idx], self.cat_missing_FxN[:, idx],
                        self.dense_DxN[:, idx], self.time_N[idx], self.reason_N[idx],
                        self.bad_column_N[idx],
-                       None if self.delay_N is None else self.delay_N[idx])
+                       None if self.delay_N is None else self.delay_N[idx],
+                       tuple((v[idx], m[idx], c[idx]) for v, m, c in self.multi))
 
 
 def parse_table(schema: Schema, columns: Sequence[pa.Array]) -> SchemaBlock:
@@ -256,21 +287,38 @@ def parse_table(schema: Schema, columns: Sequence[pa.Array]) -> SchemaBlock:
       v = np.where(m, np.uint64(0), v)
     cats.append(v)
     cat_missing.append(m)
+  multi = tuple(multi_values(columns[index[c.name]], *multi_options(c)[1:])
+                for c in schema.multi)
   return SchemaBlock(y.astype(np.float32), np.stack(cats) if cats else np.zeros((0, n), np.uint64),
                      np.stack(cat_missing) if cat_missing else np.zeros((0, n), bool),
                      np.stack(dense) if dense else np.zeros((0, n), np.float32), time, reason,
-                     bad_col, delay)
+                     bad_col, delay, multi)
 
 
 def encode_table(raw: SchemaBlock, layout: hashing.FieldLayout, raw_ids: bool = False) -> dict:
   """The batch columns of every row: ``label``, ``cat`` (global row ids: field offset +
   bucket, bucket 0 = missing), ``dense``, ``time``; with ``raw_ids`` the unhashed values."""
   values, missing = raw.cat_FxN, raw.cat_missing_FxN
-  bucket = hashing.hash_fields_to_buckets(values, range(values.shape[0]), layout.buckets)
+  num_single = values.shape[0]
+  bucket = hashing.hash_fields_to_buckets(values, range(num_single), layout.buckets[:num_single])
   bucket[missing] = 0
-  bucket += layout.offsets[:-1, None]
-  out = {"label": raw.label_N, "cat": bucket.T.astype(np.int32, order="C"),
-         "dense": np.ascontiguousarray(raw.dense_DxN.T), "time": raw.time_N}
+  bucket += layout.offsets[:num_single, None]
+  cat = bucket.T.astype(np.int32, order="C")
+  out = {"label": raw.label_N, "dense": np.ascontiguousarray(raw.dense_DxN.T), "time": raw.time_N}
+  if raw.multi:  # each multi-hot field's L columns; unused slots the padding id num_rows
+    parts, lengths, cut = [cat], [], 0
+    for f, (vals, length, c) in enumerate(raw.multi, start=num_single):
+      n, width = vals.shape
+      b = hashing.hash_fields_to_buckets(vals.reshape(1, -1), [f], [layout.buckets[f]])
+      b = b.reshape(n, width) + layout.offsets[f]
+      parts.append(np.where(np.arange(width) < length[:, None], b, layout.num_rows)
+                   .astype(np.int32))
+      lengths.append(length)
+      cut = cut + c
+    cat = np.concatenate(parts, axis=1)
+    out["lengths"] = np.stack(lengths, axis=1).astype(np.float32)
+    out["multi_cut"] = np.asarray(cut, np.int32)
+  out["cat"] = cat
   if raw.delay_N is not None:
     out["delay"] = raw.delay_N
   if raw_ids:
@@ -365,15 +413,21 @@ class TableStream(BlockStream):
     return schema
 
   def _make_layout(self, cat_buckets, int_mode, int_buckets):
-    fields = self.schema.fields
+    fields, multi = self.schema.fields, self.schema.multi
+    every = fields + multi
     if isinstance(cat_buckets, (int, np.integer)):
-      buckets = tuple(int(int_buckets) if c.role == "num" else int(cat_buckets) for c in fields)
+      buckets = tuple(int(int_buckets) if c.role == "num" else int(cat_buckets) for c in every)
     else:
       buckets = tuple(int(b) for b in cat_buckets)
-      if len(buckets) != len(fields):
-        raise ValueError(f"cat_buckets: {len(buckets)} sizes for the {len(fields)} fields of "
-                         f"schema {self.schema.name!r} ({[c.name for c in fields]})")
-    return hashing.FieldLayout(tuple(c.name for c in fields), buckets)
+      if len(buckets) != len(every):
+        raise ValueError(f"cat_buckets: {len(buckets)} sizes for the {len(every)} fields of "
+                         f"schema {self.schema.name!r} ({[c.name for c in every]})")
+    names = tuple(c.name for c in every)
+    if not multi:
+      return hashing.FieldLayout(names, buckets)
+    opts = [multi_options(c) for c in multi]
+    return hashing.FieldLayout(names, buckets, (0,) * len(fields) + tuple(n for _, n, _ in opts),
+                               ("",) * len(fields) + tuple(p for p, _, _ in opts))
 
   @property
   def num_dense(self) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 
 from rectrain.config_sections import default_model_config  # noqa: F401 - no jax there
 from rectrain.models.ctr import DCNv2, DeepFM, DLRM, DNN, FM, LR, WideDeep
+from rectrain.models.din import DIN
 
 MODELS = {
     "lr": LR,
@@ -28,6 +29,7 @@ MODELS = {
     "dcnv2": DCNv2,
     "dlrm": DLRM,
     "dnn": DNN,
+    "din": DIN,
 }
 
 

@@ -12,6 +12,7 @@ import ml_collections
 import optax
 
 from rectrain.models import build_model, count_params, init_tables
+from rectrain.models.pooling import with_layout
 from rectrain.optim import SparseOptimizer, get_optimizer
 from rectrain.train.step import init_train_state
 
@@ -101,15 +102,17 @@ def build_optimizers(config, table_names):
 
 
 def create_model_and_state(config, num_rows: int, num_fields: int, num_dense: int,
-                           table_rows: int | None = None):
+                           table_rows: int | None = None, layout=None):
   """Builds the model, its initial TrainState, the optimizers and the param count.
 
   ``table_rows > num_rows`` (a sharded run, :func:`rectrain.train.sharding.padded_rows`)
   appends zero rows to every table after initialising its ``num_rows`` real
   rows, so the real rows are the same as without padding; the param count
-  counts the real rows.
+  counts the real rows. ``layout`` (the stream's ``FieldLayout``): with
+  multi-hot fields the model comes wrapped to pool them
+  (:func:`rectrain.models.pooling.with_layout`).
   """
-  model = build_model(config.model)
+  model = with_layout(build_model(config.model), layout)
   specs = model.table_specs()
   key = jax.random.PRNGKey(config.seed)
   k_tables, k_dense = jax.random.split(key)

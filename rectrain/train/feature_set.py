@@ -16,7 +16,7 @@ from rectrain.train.hooks import IdMapHook, ServingHook
 from rectrain.train.idmap_reset import row_reset_transform
 
 
-def stream_features(config, model, dense_opt, sparse_opts, num_fields: int, placement, im=None):
+def stream_features(config, model, dense_opt, sparse_opts, num_columns: int, placement, im=None):
   """``(transforms, hooks)`` of the streaming loop, innermost transform first.
 
   ``train.async_sim`` (gradients at stale parameters; computes the update
@@ -28,7 +28,7 @@ def stream_features(config, model, dense_opt, sparse_opts, num_fields: int, plac
   if config.train.async_sim.enabled:
     transforms.append(async_transform(*make_async_train_step_from_config(
         model, dense_opt, sparse_opts, config.train.async_sim,
-        max_unique=config.data.batch_size * num_fields,  # = with_unique's default U
+        max_unique=config.data.batch_size * num_columns,  # = with_unique's default U
         placement=placement)))
   if im is not None:  # reset (re)assigned rows and their optimizer state before each step
     transforms.append(row_reset_transform(

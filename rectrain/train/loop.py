@@ -33,7 +33,7 @@ import numpy as np
 import rectrain.metrics as metrics_lib  # noqa: E402
 from rectrain.data import idmap as idmap_lib
 from rectrain.data import make_stream
-from rectrain.data.batch import DEVICE_KEYS
+from rectrain.data.batch import device_keys as batch_keys
 from rectrain.data.pipeline import prefetch, split_first_batch, with_unique
 from rectrain.train import checkpoint as ckpt
 from rectrain.train import faults
@@ -138,13 +138,16 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
   use_idmap = _idmap_enabled(config)
   if stream is None:
     stream = make_stream(config.data, seed=config.seed, raw_ids=use_idmap)
+  if use_idmap and stream.layout.multi_hot:
+    raise ValueError("config idmap.enabled: the id map of multi-hot fields is not implemented; "
+                     "they are hashed (set idmap.enabled=False)")
   im = idmap_lib.from_config(config.idmap, stream.layout, config.data.batch_size) if use_idmap else None
   num_rows = stream.num_rows if im is None else im.num_rows
   num_fields = stream.layout.num_fields
   num_dense = stream.num_dense
   table_rows = num_rows if mesh is None else sh.padded_rows(num_rows, mesh)
   model, state, dense_opt, sparse_opts, params = create_model_and_state(
-      config, num_rows, num_fields, num_dense, table_rows=table_rows)
+      config, num_rows, num_fields, num_dense, table_rows=table_rows, layout=stream.layout)
   learn = bool(config.train.get("learn", True))
   # Where the tables live: every row read and write of the step and of the
   # features below goes through it (one device, or row-sharded in shard_map).
@@ -153,12 +156,13 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
                             placement=placement)
   # The features: step transforms on the device (rectrain/train/transforms.py), hooks on
   # the host (rectrain/train/hooks.py).
-  transforms, hooks = stream_features(config, model, dense_opt, sparse_opts, num_fields,
-                                      placement, im)
+  transforms, hooks = stream_features(config, model, dense_opt, sparse_opts,
+                                      stream.layout.num_columns, placement, im)
   init_run, step_fn = chain(step_fn, transforms)
   state = init_run(state)  # the run state: the train state and each transform's state
   hook_keys = tuple(k for h in hooks for k in h.device_keys)  # added per group by the hooks
-  device_keys = DEVICE_KEYS + tuple(k for t in transforms for k in t.keys if k not in hook_keys)
+  device_keys = batch_keys(stream.layout) + tuple(
+      k for t in transforms for k in t.keys if k not in hook_keys)
   if mesh is None:
     multi = make_multi_step(step_fn)
     place = None
@@ -396,6 +400,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       "skipped_rows": int(sum(report.get("skipped", {}).values())),
       "skipped_by_reason": dict(report.get("skipped", {})),
       "rows_read": report.get("rows_read"),
+      **({"multi_hot_values_cut": report["values_cut"]} if "values_cut" in report else {}),
       "params": params,
       "param_count": params["total"],
       "variation": window.variation(),

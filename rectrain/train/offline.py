@@ -17,7 +17,7 @@ import numpy as np
 
 import rectrain.metrics as metrics_lib  # noqa: E402
 from rectrain.data import make_stream
-from rectrain.data.batch import DEVICE_KEYS
+from rectrain.data.batch import device_keys
 from rectrain.data.pipeline import prefetch, with_unique
 from rectrain.models import init_tables
 from rectrain.train.features import refuse_ignored
@@ -40,8 +40,9 @@ def evaluate(predict, dense_params, tables, stream, num_rows: int, place=None,
   predictions back in row order.
   """
   acc = metrics_lib.MetricAccumulator()
+  keys = device_keys(getattr(stream, "layout", None))
   for batch in prefetch(with_unique(iter(stream), num_rows), 4):
-    device_batch = {k: batch[k] for k in DEVICE_KEYS}
+    device_batch = {k: batch[k] for k in keys}
     if place is not None:
       device_batch = {k: v[0] for k, v in place({k: v[None] for k, v in device_batch.items()}).items()}
     preds = to_host(predict(dense_params, tables, device_batch))
@@ -110,7 +111,9 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
   num_rows = train_data.num_rows
   table_rows = num_rows if mesh is None else sh.padded_rows(num_rows, mesh)
   model, state, dense_opt, sparse_opts, params = create_model_and_state(
-      config, num_rows, train_data.layout.num_fields, train_data.num_dense, table_rows=table_rows)
+      config, num_rows, train_data.layout.num_fields, train_data.num_dense, table_rows=table_rows,
+      layout=train_data.layout)
+  keys = device_keys(train_data.layout)
   state, warm_report = warm_started(config, state, workdir, num_rows)
   placement = LOCAL if mesh is None else sh.SHARDED
   variants = {}
@@ -118,8 +121,8 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
     predict, place, preds_to_host, to_host = make_predict(model), None, np.asarray, np.asarray
   else:  # the tables row-sharded over every device, the batch split over data
     state = sh.shard_state(state, mesh, table_rows)
-    predict = sh.make_sharded_predict(model, mesh, state, table_rows, DEVICE_KEYS)
-    place = _batch_placer(mesh, DEVICE_KEYS)
+    predict = sh.make_sharded_predict(model, mesh, state, table_rows, keys)
+    place = _batch_placer(mesh, keys)
     preds_to_host, to_host = _preds_to_host, _replicated_to_host
 
   def multi_for(train_dense, train_tables):
@@ -128,7 +131,7 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
       step = make_train_step(model, dense_opt, sparse_opts, train_dense=train_dense,
                              train_tables=train_tables, placement=placement)
       variants[key] = (make_multi_step(step) if mesh is None else
-                       sh.make_sharded_multi_step(step, mesh, state, table_rows, DEVICE_KEYS))
+                       sh.make_sharded_multi_step(step, mesh, state, table_rows, keys))
     return variants[key]
 
   def evaluate_now():
@@ -197,7 +200,7 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
       done = 0
       source = with_unique(_take_batches(iter(train_data), batches_per_epoch), table_rows)
       for n, group in prefetch(_grouped_until(source, k, marks), config.data.prefetch):
-        device_batch = {key: group[key] for key in DEVICE_KEYS}
+        device_batch = {key: group[key] for key in keys}
         state, out = multi(state, device_batch if place is None else place(device_batch))
         done += n
         train_acc.update(group["label"].reshape(-1), preds_to_host(out.preds_B).reshape(-1),

@@ -77,11 +77,16 @@ def gather_rows(tables, unique_U):
 
 
 def make_forward(model) -> Callable:
-  """(dense_params, rows_U, batch) -> logits_B, from the batch's gathered rows."""
+  """(dense_params, rows_U, batch) -> logits_B, from the batch's gathered rows (a
+  :class:`rectrain.models.pooling.PooledModel` pools its multi-hot columns first)."""
+
+  pooled = getattr(model, "apply_batch", None)  # multi-hot fields: rectrain/models/pooling.py
 
   def forward(dense_params, rows_U, batch):
-    rows_BxFxW = {k: v[batch["inverse"]] for k, v in rows_U.items()}
-    return model.apply(dense_params, rows_BxFxW, batch["dense"])
+    rows_BxCxW = {k: v[batch["inverse"]] for k, v in rows_U.items()}
+    if pooled is not None:
+      return pooled(dense_params, rows_BxCxW, batch)
+    return model.apply(dense_params, rows_BxCxW, batch["dense"])
 
   return forward
 
