@@ -115,6 +115,20 @@ def _cmd_data_stats(args) -> int:
   return 0
 
 
+def _cmd_data_prepare(args) -> int:
+  from rectrain.data.prepare import prepare
+
+  report = prepare(args.name, args.raw_dir, args.out, progress=not args.quiet,
+                   **({"history_len": args.history_len} if args.history_len else {}))
+  skipped = sum(report["skipped"].values())
+  print(f"{args.name}: read {', '.join(f'{k} {v:,}' for k, v in report['rows_read'].items())} "
+        f"lines; wrote {report['rows_written']:,} rows to {report['out']} (skipped {skipped:,}"
+        + (f": {report['skipped']}" if skipped else "") + ")")
+  for e in report["first_errors"]:
+    print(f"  {e}")
+  return 0
+
+
 def _cmd_synth(args) -> int:
   from rectrain.data.synthetic import write_tsv
 
@@ -159,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
   stats.add_argument("file")
   stats.add_argument("--max-rows", type=int, default=0)
   stats.set_defaults(func=_cmd_data_stats)
+  from rectrain.data.prepare import DATASETS
+  prep = data_sub.add_parser("prepare", help="convert a raw dataset into time-ordered parquet "
+                                             "for its dataset card")
+  prep.add_argument("name", choices=DATASETS)
+  prep.add_argument("raw_dir", help="the directory of the files as published")
+  prep.add_argument("out", help="the parquet file to write (OUT.report.json beside it)")
+  prep.add_argument("--history-len", type=int, default=0, help="behaviour sequence length "
+                                                               "(default: the dataset's)")
+  prep.add_argument("--quiet", action="store_true", help="no progress bar")
+  prep.set_defaults(func=_cmd_data_prepare)
 
   synth = sub.add_parser("synth", help="write the synthetic stream as Criteo TSV")
   synth.add_argument("--rows", type=int, required=True)

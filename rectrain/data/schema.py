@@ -248,9 +248,35 @@ def _criteo_conversion_logs() -> Schema:
                 "feedback benchmark of ES-DFM and DEFER")
 
 
+def _movielens_1m() -> Schema:
+  cols = (Column("rating", "label", "4"), Column("user_id", "cat"), Column("movie_id", "cat"),
+          Column("genres", "multi", "mean:6:|"), Column("gender", "cat"), Column("age", "cat"),
+          Column("occupation", "cat"), Column("zip", "cat"),
+          Column("history", "multi", "seq:20:|"), Column("timestamp", "time", "unix_s"))
+  return Schema("movielens_1m", cols, "parquet", "auto",
+                "GroupLens MovieLens 1M (1,000,209 ratings of 3,706 movies by 6,040 users, "
+                "2000-04..2003-02; research use, no redistribution) as written by `rectrain "
+                "data prepare movielens_1m RAW_DIR OUT`: rating >= 4 is the label, genres "
+                "multi-hot, history the user's earlier movies (a behaviour sequence for DIN)")
+
+
+def _criteo_attribution() -> Schema:
+  # By name from the header; every other column (uid, conversion, conversion_timestamp,
+  # attribution, cost, cpo, ...: the outcome) is ignored.
+  cols = ([Column("timestamp", "time", "unix_s"), Column("click", "label"),
+           Column("campaign", "cat")] + [Column(f"cat{i}", "cat") for i in range(1, 10)]
+          + [Column("*", "ignore")])
+  return Schema("criteo_attribution", tuple(cols), "tsv", "yes",
+                "Criteo Attribution Modeling for Bidding (criteo/criteo-attribution-dataset: "
+                "16.5M impressions over 30 days, tab-separated with a header; CC BY-NC-SA "
+                "4.0): click is the label, campaign and cat1..cat9 the fields; the other "
+                "columns (uid, conversion and attribution outcomes, cost) are ignored")
+
+
 # The dataset cards: a named schema each (the README's dataset table documents them).
 CARDS = {"criteo_kaggle": _criteo, "criteo_terabyte": _criteo, "avazu": _avazu,
-         "criteo_conversion_logs": _criteo_conversion_logs}
+         "criteo_conversion_logs": _criteo_conversion_logs, "movielens_1m": _movielens_1m,
+         "criteo_attribution": _criteo_attribution}
 
 
 def with_label(schema: Schema, label: str) -> Schema:
