@@ -119,7 +119,8 @@ def _cmd_data_prepare(args) -> int:
   from rectrain.data.prepare import prepare
 
   report = prepare(args.name, args.raw_dir, args.out, progress=not args.quiet,
-                   **({"history_len": args.history_len} if args.history_len else {}))
+                   **({"history_len": args.history_len} if args.history_len else {}),
+                   **({"partitions": args.partitions} if args.partitions else {}))
   skipped = sum(report["skipped"].values())
   print(f"{args.name}: read {', '.join(f'{k} {v:,}' for k, v in report['rows_read'].items())} "
         f"lines; wrote {report['rows_written']:,} rows to {report['out']} (skipped {skipped:,}"
@@ -181,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
   prep.add_argument("out", help="the parquet file to write (OUT.report.json beside it)")
   prep.add_argument("--history-len", type=int, default=0, help="behaviour sequence length "
                                                                "(default: the dataset's)")
+  prep.add_argument("--partitions", type=int, default=0,
+                    help="taobao_ad: user partitions of the behaviour log (default: by its size)")
   prep.add_argument("--quiet", action="store_true", help="no progress bar")
   prep.set_defaults(func=_cmd_data_prepare)
 

@@ -138,3 +138,102 @@ def test_criteo_attribution_card_reads_the_published_header(tmp_path):
   batches = list(s)
   assert sum(int((b["weight"] > 0).sum()) for b in batches) == 300
   assert batches[0]["time"][1] == 10.0 and s.report()["skipped"] == {}
+
+
+# ---------------------------------------------------------------------------
+# taobao_ad
+
+
+def _write_raw_taobao(d, imps=1500, events=6000, seed=0):
+  """The four published CSV files at small size: events at an impression's second and after
+  it, users without a profile, ads without features, a short line and a bad value."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(d, exist_ok=True)
+  with open(os.path.join(d, "ad_feature.csv"), "w") as f:
+    f.write("adgroup_id,cate_id,campaign_id,customer,brand,price\n")
+    for a in range(1, 91):  # ads 91..100 have no features
+      f.write(f"{a},{a % 12},{a % 30},{a % 17},{'NULL' if a % 9 == 0 else a % 25},{1.5 * a}\n")
+  with open(os.path.join(d, "user_profile.csv"), "w") as f:
+    f.write("userid,cms_segid,cms_group_id,final_gender_code,age_level,pvalue_level,"
+            "shopping_level,occupation,new_user_class_level \n")  # the published trailing space
+    for u in range(1, 41):  # users 41..50 have no profile
+      f.write(f"{u},0,{u % 13},{1 + u % 2},{u % 7},{'' if u % 5 == 0 else u % 3},{u % 3 + 1},0,"
+              f"{u % 4 + 1}\n")
+  t0 = 1_494_000_000
+  ev = []
+  for _ in range(events):
+    ev.append((int(rng.integers(1, 51)), t0 + int(rng.integers(0, 4000)),
+               ["pv", "cart", "fav", "buy"][int(rng.integers(0, 4))],
+               int(rng.integers(0, 12)), int(rng.integers(0, 25))))
+  lines = ["user,time_stamp,btag,cate,brand\n"] + [f"{u},{t},{b},{c},{br}\n" for u, t, b, c, br in ev]
+  lines.insert(50, "7,1494000100,pv\n")  # short line: file line 51
+  with open(os.path.join(d, "behavior_log.csv"), "w") as f:
+    f.writelines(lines)
+  im = ["user,time_stamp,adgroup_id,pid,nonclk,clk\n"]
+  for _ in range(imps):
+    u, t, a = int(rng.integers(1, 51)), t0 + int(rng.integers(0, 4000)), int(rng.integers(1, 101))
+    clk = int(rng.random() < (0.5 if a % 12 == u % 12 else 0.1))
+    im.append(f"{u},{t},{a},430548_1007,{1 - clk},{clk}\n")
+  im.insert(30, "12,notatime,5,430548_1007,1,0\n")  # bad value: file line 31
+  with open(os.path.join(d, "raw_sample.csv"), "w") as f:
+    f.writelines(im)
+  return d, ev
+
+
+@pytest.fixture(scope="module")
+def taobao(tmp_path_factory):
+  d = tmp_path_factory.mktemp("taobao")
+  raw, events = _write_raw_taobao(str(d / "raw"))
+  out1, out3 = str(d / "tb1.parquet"), str(d / "tb3.parquet")
+  r1 = prepare("taobao_ad", raw, out1, progress=False, partitions=1)
+  r3 = prepare("taobao_ad", raw, out3, progress=False, partitions=3, block_size=1 << 14)
+  return raw, events, out1, out3, r1, r3
+
+
+def test_taobao_report_and_partitions_agree(taobao):
+  raw, _, out1, out3, r1, r3 = taobao
+  assert r1["rows_read"] == {"ad_feature.csv": 90, "user_profile.csv": 40,
+                             "behavior_log.csv": 6001, "raw_sample.csv": 1501}
+  assert r1["skipped"] == {"wrong_field_count": 1, "bad_value": 1}
+  assert f"{raw}/behavior_log.csv:51: wrong_field_count" in r1["first_errors"]
+  assert any(e.startswith(f"{raw}/raw_sample.csv:31: bad_value") for e in r1["first_errors"])
+  assert r1["rows_written"] == 1500 == r3["rows_written"]
+  assert r1["impressions_without_ad_features"] > 0 and r1["impressions_without_user_profile"] > 0
+  assert pq.read_table(out1).equals(pq.read_table(out3))  # partitioned = whole, any block size
+
+
+def test_taobao_histories_strictly_before_and_joined(taobao):
+  _, events, out1, _, _, _ = taobao
+  t = pq.read_table(out1).to_pydict()
+  ts = np.array(t["time_stamp"])
+  assert (np.diff(ts) >= 0).all()
+  by_user = {}
+  for u, tt, _, c, br in events:
+    by_user.setdefault(u, []).append((tt, c, br))
+  same_second = 0
+  for i in range(len(ts)):
+    u = int(t["user"][i])
+    ev = by_user.get(u, [])
+    same_second += any(tt == ts[i] for tt, _, _ in ev)
+    before = [e for e in ev if e[0] < ts[i]]
+    # the latest 20 before, most recent first (ties within a second: any order; compare sets)
+    latest = sorted(before, key=lambda e: e[0])[-20:]
+    cates = t["hist_cate"][i].split("|") if t["hist_cate"][i] else []
+    assert sorted(cates) == sorted(str(c) for _, c, _ in latest), i
+    a = int(t["adgroup_id"][i])
+    assert t["cate_id"][i] == (str(a % 12) if a <= 90 else None)
+    assert t["cms_group_id"][i] == (str(u % 13) if u <= 40 else None)
+  assert same_second > 0  # events at an impression's second exist and were left out
+
+
+def test_taobao_card_trains_din(taobao):
+  from rectrain.train.loop import train_stream
+  _, _, out1, _, _, _ = taobao
+  c = apply_overrides(default_config(), [
+      "data.source=table", "data.schema=taobao_ad", f"data.path={out1}", "data.batch_size=128",
+      "data.cat_buckets=512", "data.max_rows=0", "train.progress=False",
+      "metrics.window_rows=500", "model.name=din", "model.target=cate_id", "model.embed_dim=8",
+      "model.att_dims=(8,)", "model.mlp_dims=(16,)"])
+  validate(c)
+  s = train_stream(c)
+  assert s["rows"] == 1500 and s["skipped_rows"] == 0 and 0 < s["logloss"] < 1

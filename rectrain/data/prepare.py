@@ -16,6 +16,11 @@ Datasets:
   ``history_len``, **strictly before** the rating's timestamp (ratings of the
   same second are not each other's history: no leakage). The card's label is
   ``rating >= 4``.
+* ``taobao_ad`` (Alibaba's Taobao display ads, Tianchi dataset 56:
+  ``raw_sample.csv``, ``ad_feature.csv``, ``user_profile.csv``,
+  ``behavior_log.csv``): impressions joined with ad and user features, and
+  the user's behaviour categories and brands strictly before each impression
+  (rectrain/data/prepare_taobao.py).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("movielens_1m",)
+DATASETS = ("movielens_1m", "taobao_ad")
 
 
 class _Lines:
@@ -156,7 +161,12 @@ def _steps(progress: bool, total: int):
   return step
 
 
-PREPARERS = {"movielens_1m": prepare_movielens_1m}
+def _taobao(*args, **kwargs):
+  from rectrain.data.prepare_taobao import prepare_taobao_ad
+  return prepare_taobao_ad(*args, **kwargs)
+
+
+PREPARERS = {"movielens_1m": prepare_movielens_1m, "taobao_ad": _taobao}
 
 
 def prepare(name: str, raw_dir: str, out: str, progress: bool = True, **kwargs) -> dict:
