@@ -187,10 +187,13 @@ def prepare_taobao_ad(raw_dir: str, out: str, history_len: int = 20, partitions:
 
     def split(name, kind):
       for block in csv.blocks(raw_dir, name):
-        part = (block["user"].to_numpy() % partitions) if partitions > 1 else None
         t = pa.table(block)
+        part = block["user"].to_numpy() % partitions
+        order = np.argsort(part, kind="stable")  # one pass: each partition a slice
+        t = t.take(pa.array(order))
+        bounds = np.searchsorted(part[order], np.arange(partitions + 1))
         for p in range(partitions):
-          sel = t if part is None else t.filter(pa.array(part == p))
+          sel = t.slice(int(bounds[p]), int(bounds[p + 1] - bounds[p]))
           if sel.num_rows:
             key = (kind, p)
             if key not in writers:
