@@ -115,7 +115,7 @@ def test_prepare_command_line_and_errors(tmp_path):
   r = subprocess.run(exe + ["movielens_1m", raw, str(tmp_path / "x.parquet")],
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and "users.dat not found" in r.stderr
-  r = subprocess.run(exe + ["kuairand", raw, str(tmp_path / "x.parquet")],
+  r = subprocess.run(exe + ["netflix", raw, str(tmp_path / "x.parquet")],
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and "invalid choice" in r.stderr
 
@@ -237,3 +237,76 @@ def test_taobao_card_trains_din(taobao):
   validate(c)
   s = train_stream(c)
   assert s["rows"] == 1500 and s["skipped_rows"] == 0 and 0 < s["logloss"] < 1
+
+
+# ---------------------------------------------------------------------------
+# kuairand
+
+
+def _write_raw_kuairand(d, seed=0):
+  rng = np.random.default_rng(seed)
+  os.makedirs(d, exist_ok=True)
+  outcomes = ["is_click", "is_like", "is_follow", "is_comment", "is_forward", "is_hate",
+              "long_view", "play_time_ms", "duration_ms", "profile_stay_time", "comment_stay_time",
+              "is_profile_enter", "is_rand", "tab"]
+  head = ["user_id", "video_id", "date", "hourmin", "time_ms"] + outcomes
+  t0 = 1_649_400_000_000
+  for name, n, rand in (("log_standard_4_08_to_4_21_pure.csv", 900, 0),
+                        ("log_random_4_22_to_5_08_pure.csv", 300, 1)):
+    rows = [",".join(head)]
+    for i in range(n):
+      u, v = int(rng.integers(0, 40)), int(rng.integers(0, 80))
+      t = t0 + int(rng.integers(0, 10**9)) + rand * 10**9
+      click = int(rng.random() < (0.6 if (u + v) % 3 == 0 else 0.2))
+      like = int(click and rng.random() < 0.5)
+      rows.append(",".join(map(str, [u, v, 20220408, 1230, t, click, like, 0, 0, 0, 0, click,
+                                     click * 5000, 9000, 0, 0, 0, rand, 1])))
+    if not rand:
+      rows.insert(5, "3,4,20220408")  # short line: file line 6
+    with open(os.path.join(d, name), "w") as f:
+      f.write("\n".join(rows) + "\n")
+  with open(os.path.join(d, "user_features_pure.csv"), "w") as f:
+    f.write("user_id,user_active_degree,follow_user_num_range,register_days_range,onehot_feat0\n")
+    for u in range(35):  # users 35..39 have no features
+      f.write(f"{u},{['high_active', 'full_active', 'middle_active'][u % 3]},{u % 5},{u % 7},{u % 2}\n")
+  with open(os.path.join(d, "video_features_basic_pure.csv"), "w") as f:
+    f.write("video_id,author_id,video_type,upload_dt,upload_type,music_type,tag\n")
+    for v in range(80):
+      f.write(f"{v},{v % 11},NORMAL,2022-03-01,ShortImport,{v % 4},\"{v % 9},{v % 5}\"\n")
+  return d
+
+
+def test_kuairand_joined_time_ordered_and_labels(tmp_path):
+  from rectrain.data.table import TableStream
+  from rectrain.train.loop import train_stream
+  raw = _write_raw_kuairand(str(tmp_path / "raw"))
+  out = str(tmp_path / "kr.parquet")
+  r = prepare("kuairand", raw, out, progress=False)
+  assert r["rows_written"] == 1200 and r["skipped"] == {"wrong_field_count": 1}
+  assert r["first_errors"] == [f"{raw}/log_standard_4_08_to_4_21_pure.csv:6: wrong_field_count"]
+  assert r["interactions_without_user_features"] > 0
+  t = pq.read_table(out).to_pydict()
+  assert (np.diff(t["time_ms"]) >= 0).all()
+  assert set(t["log"]) == {"log_standard_4_08_to_4_21_pure", "log_random_4_22_to_5_08_pure"}
+  for i in range(0, 1200, 37):
+    u, v = t["user_id"][i], t["video_id"][i]
+    assert t["author_id"][i] == v % 11 and t["tag"][i] == f"{v % 9},{v % 5}"
+    assert t["user_active_degree"][i] == (["high_active", "full_active", "middle_active"][u % 3]
+                                         if u < 35 else None)
+  outcomes = {"is_like", "is_follow", "is_comment", "is_forward", "is_hate", "long_view",
+              "play_time_ms", "profile_stay_time", "comment_stay_time", "is_profile_enter"}
+  for label in ("", "is_like"):
+    s = TableStream(out, 64, "kuairand" if not label else
+                    __import__("rectrain.data.schema", fromlist=["get_schema"]).get_schema(
+                        "kuairand", label=label), cat_buckets=256)
+    assert not (set(s.layout.names) & (outcomes | {"is_click", "time_ms", "date"}))  # no leakage
+    assert {"user_id", "video_id", "author_id", "tag", "log", "hourmin"} <= set(s.layout.names)
+    labels = np.concatenate([b["label"][b["weight"] > 0] for b in s])
+    want = np.array(t["is_like" if label else "is_click"], np.float32)
+    np.testing.assert_array_equal(labels, want)
+  c = apply_overrides(default_config(), [
+      "data.source=table", "data.schema=kuairand", f"data.path={out}", "data.label=is_like",
+      "data.batch_size=64", "data.cat_buckets=256", "data.max_rows=0", "train.progress=False",
+      "metrics.window_rows=400", "model.name=lr"])
+  s = train_stream(c)
+  assert s["rows"] == 1200 and 0 < s["logloss"] < 1

@@ -291,10 +291,25 @@ def _taobao_ad() -> Schema:
                 "model.target=cate_id)")
 
 
+def _kuairand() -> Schema:
+  from rectrain.data.prepare import KUAIRAND_OUTCOMES  # no jax there (nor pyarrow at import)
+  cols = ([Column("time_ms", "time", "unix_ms"), Column("is_click", "label")]
+          + [Column(c, "ignore") for c in KUAIRAND_OUTCOMES if c != "is_click"]
+          + [Column(c, "ignore") for c in ("date", "upload_dt")]
+          + [Column("duration_ms", "num", "log1p"), Column("*", "cat")])
+  return Schema("kuairand", tuple(cols), "parquet", "auto",
+                "KuaiRand (Gao et al. CIKM 2022; Kuaishou short-video logs with random "
+                "exposures, CC BY-SA 4.0): Pure 1.4M / 1K 11.7M interactions over 2022-04-08.."
+                "05-08, as written by `rectrain data prepare kuairand RAW_DIR OUT`: time_ms "
+                "event time, is_click the label (data.label=is_like etc.), every other outcome "
+                "ignored, user and video features hashed")
+
+
 # The dataset cards: a named schema each (the README's dataset table documents them).
 CARDS = {"criteo_kaggle": _criteo, "criteo_terabyte": _criteo, "avazu": _avazu,
          "criteo_conversion_logs": _criteo_conversion_logs, "movielens_1m": _movielens_1m,
-         "criteo_attribution": _criteo_attribution, "taobao_ad": _taobao_ad}
+         "criteo_attribution": _criteo_attribution, "taobao_ad": _taobao_ad,
+         "kuairand": _kuairand}
 
 
 def with_label(schema: Schema, label: str) -> Schema:
