@@ -219,12 +219,7 @@ def prepare_kuairand(raw_dir: str, out: str, progress: bool = True) -> dict:
 
   def features(paths, key):
     t = pa.concat_tables([read(p, [key]) for p in paths], promote_options="permissive")
-    keys = t[key].to_numpy()
-    _, first = np.unique(keys, return_index=True)
-    if first.size < keys.size:
-      _count(report, f"duplicate_{key}", f"{paths[0]}: {keys.size - first.size} repeated {key}s; "
-                                         "the first kept", keys.size - first.size)
-    return t.take(pa.array(np.sort(first)))
+    return first_per_key(t, key, report, paths[0])
 
   user_t, video_t = features(users, "user_id"), features(videos, "video_id")
   step("features")
@@ -263,6 +258,19 @@ def prepare_kuairand(raw_dir: str, out: str, progress: bool = True) -> dict:
                 logs=[os.path.basename(p) for p in logs], columns=joined.column_names,
                 time_span_ms=[int(pc.min(ts).as_py()), int(pc.max(ts).as_py())])
   return report
+
+
+def first_per_key(t, key: str, report: dict, name: str):
+  """The first row of every ``key`` of table ``t`` (a repeated key would multiply rows in
+  a join); the repeats are counted as ``duplicate_<key>``."""
+  import pyarrow as pa
+  keys = t[key].to_numpy()
+  _, first = np.unique(keys, return_index=True)
+  dup = keys.size - first.size
+  if dup:
+    _count(report, f"duplicate_{key}", f"{name}: {dup} rows repeat an earlier {key}; the first "
+                                       "kept", dup)
+  return t.take(pa.array(np.sort(first)))
 
 
 def _count(report: dict, reason: str, text: str, n: int = 1, max_reported: int = 10) -> None:

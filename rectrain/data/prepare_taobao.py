@@ -37,6 +37,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from rectrain.data.prepare import _count, _steps, first_per_key
+
 FILES = {
     "raw_sample.csv": ("user", "time_stamp", "adgroup_id", "pid", "nonclk", "clk"),
     "ad_feature.csv": ("adgroup_id", "cate_id", "campaign_id", "customer", "brand", "price"),
@@ -57,10 +59,8 @@ class _CSV:
     self.report, self.max_reported, self.block_size = report, max_reported, block_size
 
   def _error(self, path, line, reason, text=""):
-    skipped = self.report["skipped"]
-    skipped[reason] = skipped.get(reason, 0) + 1
-    if len(self.report["first_errors"]) < self.max_reported:
-      self.report["first_errors"].append(f"{path}:{line}: {reason}" + (f": {text}" if text else ""))
+    _count(self.report, reason, f"{path}:{line}: {reason}" + (f": {text}" if text else ""),
+           max_reported=self.max_reported)
 
   def blocks(self, raw_dir: str, name: str):
     path = os.path.join(raw_dir, name)
@@ -126,17 +126,6 @@ def _table(csv: _CSV, raw_dir: str, name: str) -> pa.Table:
   return pa.concat_tables([pa.table(b) for b in blocks])
 
 
-def _first_per_key(t: pa.Table, key: str, report: dict, name: str) -> pa.Table:
-  """The first row of every key (a repeated key would multiply impressions in the join)."""
-  keys = t[key].to_numpy()
-  _, first = np.unique(keys, return_index=True)
-  dup = keys.size - first.size
-  if dup:
-    report["skipped"][f"duplicate_{key}"] = report["skipped"].get(f"duplicate_{key}", 0) + dup
-    report["first_errors"].append(f"{name}: {dup} rows repeat an earlier {key}; the first kept")
-  return t.take(pa.array(np.sort(first)))
-
-
 def _histories(events: pa.Table, imps: pa.Table, length: int) -> dict:
   """``hist_cate`` / ``hist_brand`` of the impressions from the events of their users."""
   n = imps.num_rows
@@ -168,7 +157,6 @@ def _histories(events: pa.Table, imps: pa.Table, length: int) -> dict:
 def prepare_taobao_ad(raw_dir: str, out: str, history_len: int = 20, partitions: int = 0,
                       progress: bool = True, block_size: int = 1 << 24) -> dict:
   """Writes the joined, time-ordered impressions with their behaviour histories; the report."""
-  from rectrain.data.prepare import _steps
   report = {"dataset": "taobao_ad", "rows_read": {}, "skipped": {}, "first_errors": []}
   csv = _CSV(report, block_size=block_size)
   if not partitions:  # about 20M behaviour events per partition
@@ -176,9 +164,9 @@ def prepare_taobao_ad(raw_dir: str, out: str, history_len: int = 20, partitions:
         if os.path.exists(os.path.join(raw_dir, "behavior_log.csv")) else 0
     partitions = max(1, size // (600 << 20))
   step = _steps(progress, 4 + partitions)
-  ads = _first_per_key(_table(csv, raw_dir, "ad_feature.csv"), "adgroup_id", report,
+  ads = first_per_key(_table(csv, raw_dir, "ad_feature.csv"), "adgroup_id", report,
                        "ad_feature.csv")
-  users = _first_per_key(_table(csv, raw_dir, "user_profile.csv").rename_columns(
+  users = first_per_key(_table(csv, raw_dir, "user_profile.csv").rename_columns(
       ["user"] + list(FILES["user_profile.csv"][1:])), "user", report, "user_profile.csv")
   step("ads, users")
   tmp = tempfile.mkdtemp(prefix="taobao_", dir=os.path.dirname(os.path.abspath(out)) or None)

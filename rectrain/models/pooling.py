@@ -69,8 +69,8 @@ def pool_fields(rows: Dict[str, Array], lengths_BxM: Array, num_single: int,
 class PooledModel:
   """A model over ``F`` fields, fed a batch of ``C`` columns with multi-hot fields.
 
-  ``init`` / ``apply`` / ``table_specs`` are the model's (over the pooled
-  ``F`` fields); ``apply_batch(variables, rows_BxCxW, batch)`` pools first
+  ``init`` / ``table_specs`` are the model's (over the pooled ``F`` fields);
+  ``apply_batch(variables, rows_BxCxW, batch)`` pools first
   (:func:`pool_fields`), which is what the step's forward calls. A model with
   ``uses_sequences`` gets ``sequences=`` too (at ``init``: zero rows of each
   sequence's length).
@@ -103,10 +103,6 @@ class PooledModel:
                    jnp.ones((batch, width), jnp.float32), self.num_single + m)
           for m, (_, width, pool) in enumerate(self.multi_hot) if pool == "seq")
     return self.model.init(key, rows, dense_BxI, **self._kwargs(sequences), **kw)
-
-  def apply(self, variables, rows, dense_BxI, **kw):
-    """The model on already pooled (B, F, W) rows (a sequence model without its sequences)."""
-    return self.model.apply(variables, rows, dense_BxI, **kw)
 
   def apply_batch(self, variables, rows, batch, **kw):
     fields, sequences = pool_fields(rows, batch["lengths"], self.num_single, self.multi_hot)

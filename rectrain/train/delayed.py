@@ -379,9 +379,9 @@ def train_delayed(config: ml_collections.ConfigDict, workdir: str | None = None)
   stream = _stream(config, stream_rows)
   if getattr(stream.layout, "multi_hot", ()):
     raise ValueError(f"config data.schema: multi-hot fields "
-                     f"{[stream.layout.names[stream.layout.num_single + i] for i in range(len(stream.layout.multi_hot))]} "
-                     "are not implemented in the delayed-feedback protocol (the stream and "
-                     "offline protocols take them)")
+                     f"{list(stream.layout.names[stream.layout.num_single:])} are not "
+                     "implemented in the delayed-feedback protocol (the stream and offline "
+                     "protocols take them)")
   num_rows, num_fields, num_dense = stream.num_rows, stream.layout.num_fields, stream.num_dense
   table_rows = num_rows if mesh is None else sh.padded_rows(num_rows, mesh)
   devices = Devices(mesh, table_rows)
