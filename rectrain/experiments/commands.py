@@ -1,14 +1,16 @@
-"""The ``rectrain sweep | table | plot`` commands (argparse), added to the main command
-line by :mod:`rectrain.cli`.
+"""The ``rectrain sweep | table | plot | reproduce`` commands (argparse), added to the main
+command line by :mod:`rectrain.cli`.
 
 See :mod:`rectrain.experiments` for what a run directory holds.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import List, Sequence
 
 from rectrain.experiments.plots import plot_runs
+from rectrain.experiments.reproduce import format_comparison, reproduce
 from rectrain.experiments.sweeps import run_sweep
 from rectrain.experiments.tables import (DEFAULT_METRICS, aggregate, format_table, load_runs,
                                          window_metrics)
@@ -52,8 +54,22 @@ def _cmd_plot(args) -> int:
   return 0
 
 
+def _cmd_reproduce(args) -> int:
+  comparison = reproduce(args.run_dir, args.workdir, args.rtol,
+                         log=lambda line: print(f"rectrain reproduce: {line}", file=sys.stderr))
+  print(format_comparison(comparison))
+  differ = [c.metric for c in comparison if not c.equal]
+  if differ:
+    print(f"rectrain reproduce: {len(differ)} of {len(comparison)} metrics differ beyond "
+          f"rtol={args.rtol:g} ({', '.join(differ)})")
+    return 1
+  print(f"rectrain reproduce: all {len(comparison)} metrics equal within rtol={args.rtol:g}")
+  return 0
+
+
 def add_experiment_commands(subparsers) -> None:
-  """Registers ``sweep``, ``table`` and ``plot`` on the ``rectrain`` command line."""
+  """Registers ``sweep``, ``table``, ``plot`` and ``reproduce`` on the ``rectrain`` command
+  line."""
   sweep = subparsers.add_parser("sweep", help="run the points of an experiment's get_sweep()")
   sweep.add_argument("experiment", help="experiment dir (holding config.py)")
   sweep.add_argument("--arg", default=None, help="argument for get_config / get_sweep, e.g. smoke")
@@ -88,3 +104,17 @@ def add_experiment_commands(subparsers) -> None:
   plot.add_argument("--title", default=None)
   plot.add_argument("--out", default="plot.png", help="output .png / .pdf / .svg")
   plot.set_defaults(func=_cmd_plot)
+
+  rerun = subparsers.add_parser("reproduce", help="rerun a recorded run and compare its metrics",
+                                description="Rebuilds the config of RUN_DIR/run.json (refused "
+                                            "unless it has the recorded config hash), runs it "
+                                            "into --workdir and compares auc, logloss, ne, pcoc "
+                                            "and rows. Exit 0: all equal within --rtol; 1: some "
+                                            "differ; 2: no usable run.json.")
+  rerun.add_argument("run_dir", help="a finished run directory (holding run.json)")
+  rerun.add_argument("--workdir", default=None,
+                     help="empty or new directory of the rerun (default RUN_DIR_reproduce)")
+  rerun.add_argument("--rtol", type=float, default=0.0,
+                     help="relative tolerance (default 0: bit-identical, as on the same "
+                          "machine and commit)")
+  rerun.set_defaults(func=_cmd_reproduce)
