@@ -81,7 +81,8 @@ types, so bitwise equality is guaranteed on one machine, not across machines.
 Where things live (this module re-exports them):
 
 * :mod:`rectrain.data.synthetic_config`: ``NUM_CAT``, ``NUM_INT``,
-  ``CRITEO_KAGGLE_CARDINALITIES``, :func:`default_config`, :func:`resolve_config`.
+  ``CRITEO_KAGGLE_CARDINALITIES``, ``PRESETS`` (drift presets), :func:`default_config`,
+  :func:`resolve_config`.
 * :mod:`rectrain.data.synthetic_world`: the generating model ``_World`` and
   :func:`zipf_pmf`.
 * :mod:`rectrain.data.synthetic_stream`: :class:`SyntheticStream` and
@@ -90,13 +91,13 @@ Where things live (this module re-exports them):
 """
 
 from rectrain.data.synthetic_config import (
-    CRITEO_KAGGLE_CARDINALITIES, NUM_CAT, NUM_INT, default_config, resolve_config)
+    CRITEO_KAGGLE_CARDINALITIES, NUM_CAT, NUM_INT, PRESETS, default_config, resolve_config)
 from rectrain.data.synthetic_stream import SyntheticStream, _auc, bayes_ceiling
 from rectrain.data.synthetic_tsv import format_tsv, write_tsv
 from rectrain.data.synthetic_world import _World, zipf_pmf
 
 # The re-exports (the private ones too: tests and callers import them from here).
 __all__ = [
-    "CRITEO_KAGGLE_CARDINALITIES", "NUM_CAT", "NUM_INT", "SyntheticStream", "_World", "_auc",
+    "CRITEO_KAGGLE_CARDINALITIES", "NUM_CAT", "NUM_INT", "PRESETS", "SyntheticStream", "_World", "_auc",
     "bayes_ceiling", "default_config", "format_tsv", "resolve_config", "write_tsv", "zipf_pmf",
 ]
