@@ -2,9 +2,9 @@
 
 A README table in the shape ``rectrain table`` prints (``| model | seeds | ...``) is paired
 with the ``rectrain table`` command of its README (in a code block or an inline code span)
-whose header agrees with it in the most columns, the nearest one on a tie. When that
-command's run directories are present, every cell must equal what the command prints now
-(bold markers ``**`` aside). runs/ is not committed, so these checks usually skip, naming
+whose header agrees with it in the most columns, on a tie the nearest one above it
+(then below). When that command's run directories are present, every cell must equal
+what the command prints now (bold markers ``**`` aside). runs/ is not committed, so these checks usually skip, naming
 the directory they need; the parsing, pairing and comparison are tested on fabricated runs.
 """
 
@@ -87,11 +87,12 @@ def static_header(command: Command) -> List[str] | None:
 
 
 def pair(table: Table, commands: List[Command]) -> Command | None:
-  """The command whose header agrees with the table's in the most columns (then the nearest)."""
+  """The command whose header agrees with the table's in the most columns (then the
+  nearest one above the table, then the nearest below)."""
   def key(c):
     header = static_header(c) or []
     agree = sum(a == b for a, b in zip(header, table.rows[0]))
-    return (-agree, abs(c.line - table.line))
+    return (-agree, c.line > table.line, abs(c.line - table.line))
   return min(commands, key=key, default=None)
 
 
