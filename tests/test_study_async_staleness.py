@@ -8,7 +8,6 @@ one the README describes, and one smoke point (DC-ASGD-a, tau = 4) runs through
 ``run_experiment`` and leaves its run record.
 """
 
-import importlib.util
 import os
 
 import optax
@@ -18,16 +17,14 @@ from rectrain import configs
 from rectrain import experiment as ex
 from rectrain.models import build_model
 from rectrain.train.async_sim import make_async_train_step_from_config
+from rectrain.experiments.sweeps import load_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXP = os.path.join(ROOT, "experiments", "async_staleness")
 
 
 def _module():
-  spec = importlib.util.spec_from_file_location("_async_staleness_cfg", os.path.join(EXP, "config.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_module(EXP)[0]
 
 
 def _configs(arg):

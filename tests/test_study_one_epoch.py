@@ -8,17 +8,14 @@ import pytest
 
 from rectrain import configs
 from rectrain.experiment import is_finished, load_sweep, point_config, run_experiment
+from rectrain.experiments.sweeps import load_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXP = os.path.join(ROOT, "experiments", "one_epoch")
 
 
 def _load_module():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("_one_epoch_config", os.path.join(EXP, "config.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_module(EXP)[0]
 
 
 @pytest.mark.parametrize("arg", ["smoke", None])

@@ -11,18 +11,14 @@ from rectrain import configs
 from rectrain.experiment import aggregate, load_runs, load_sweep, point_config
 from rectrain.optim import get_optimizer, get_sparse_optimizer
 from rectrain.train.step import init_train_state
+from rectrain.experiments.sweeps import load_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXP = os.path.join(ROOT, "experiments", "online_optimizers")
 
 
 def _load_module():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("_online_optimizers_config",
-                                                os.path.join(EXP, "config.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_module(EXP)[0]
 
 
 study = _load_module()

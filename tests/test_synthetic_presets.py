@@ -1,6 +1,5 @@
 """The synthetic world's drift presets and the calibration experiment's smoke run."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -11,16 +10,14 @@ from rectrain import experiment as ex
 from rectrain.data import make_stream
 from rectrain.data import synthetic
 from rectrain.data import synthetic_config
+from rectrain.experiments.sweeps import load_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CALIB = os.path.join(ROOT, "experiments", "synthetic_calibration")
 
 
 def _fit_module():
-  spec = importlib.util.spec_from_file_location("calib_fit", os.path.join(CALIB, "fit.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return load_module(os.path.join(CALIB, "fit.py"))[0]
 
 
 def test_strong_preset_is_the_default_world():

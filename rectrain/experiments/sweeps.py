@@ -54,7 +54,8 @@ def point_name(overrides: Mapping[str, Any]) -> str:
   return f"{base}_seed{overrides['seed']}" if "seed" in overrides else base
 
 
-def _load_module(exp_dir: str):
+def load_module(exp_dir: str):
+  """``(module, path)`` of an experiment's ``config.py`` (or of any python file)."""
   import importlib.util
   path = os.path.join(exp_dir, "config.py") if os.path.isdir(exp_dir) else exp_dir
   if not os.path.isfile(path):
@@ -71,7 +72,7 @@ def load_sweep(exp_dir: str, arg: str | None = None) -> List[SweepPoint]:
   Each point is a dict of config overrides (values are Python values; strings
   are taken as they are) and an optional ``"name"``. Errors name the point.
   """
-  module, path = _load_module(exp_dir)
+  module, path = load_module(exp_dir)
   if not hasattr(module, "get_sweep"):
     raise ValueError(f"{path}: defines no get_sweep()")
   params = inspect.signature(module.get_sweep).parameters
