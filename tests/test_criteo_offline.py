@@ -8,13 +8,14 @@ import pytest
 from rectrain import configs
 from rectrain import experiment as ex
 from rectrain.data.split import split_counts
+from rectrain.experiments.sweeps import load_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXP = os.path.join(REPO, "experiments", "criteo_offline")
 
 
 def _module():
-  module, _ = ex._load_module(EXP)
+  module, _ = load_module(EXP)
   return module
 
 
