@@ -243,6 +243,11 @@ def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
 def _parse_value(text: str, old):
   if isinstance(old, str):
     return text
+  lowered = text.strip().lower()
+  if (isinstance(old, bool) or old is None) and lowered in ("true", "false"):
+    return lowered == "true"   # --set x=true as well as x=True
+  if lowered in ("none", "null") and not isinstance(old, str):
+    return None
   try:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):

@@ -136,3 +136,16 @@ def test_checkpoint_of_an_older_format_is_refused_naming_the_format(tmp_path):
   open(meta_path, "w").write(json.dumps(meta))
   with pytest.raises(ValueError, match=r"checkpoint format 5 was written by a newer rectrain"):
     train_stream(_config(), workdir=str(work))
+
+
+def test_state_of_another_structure_is_one_error_naming_the_checkpoint(tmp_path):
+  """A checkpoint whose tree does not fit the run's (e.g. a format-3 checkpoint of an
+  async run resumed without train.async_sim) is a one-line ValueError, not orbax's tree diff."""
+  saved = {"params": {"w": jax.numpy.ones((4, 2))}, "stale": {"w": jax.numpy.zeros((4, 2))}}
+  path = ckpt.save_checkpoint(str(tmp_path), 3, saved, {"batches": 3})
+  with pytest.raises(ValueError) as e:
+    ckpt.restore_checkpoint(path, {"params": {"w": jax.numpy.ones((4, 2))}})
+  message = str(e.value)
+  assert "\n" not in message and path in message and "train.warm_start.path" in message
+  restored, meta = ckpt.restore_checkpoint(path, saved)   # the right template still restores
+  assert meta["batches"] == 3 and np.array_equal(restored["stale"]["w"], saved["stale"]["w"])

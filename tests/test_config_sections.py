@@ -20,3 +20,13 @@ def test_model_hparams_match_the_flax_modules():
   assert set(config_sections.MODEL_NAMES) == set(MODELS)
   for name, cls in MODELS.items():
     assert config_sections.MODEL_HPARAMS[name] == _hparam_defaults(cls), name
+
+
+def test_overrides_take_true_false_none_in_any_case():
+  from rectrain import configs
+  c = configs.apply_overrides(configs.default_config(), [
+      "train.progress=false", "train.async_sim.enabled=true", "metrics.window_rows=none"])
+  assert c.train.progress is False and c.train.async_sim.enabled is True
+  assert c.metrics.window_rows is None
+  c = configs.apply_overrides(configs.default_config(), ["train.progress=False", "data.path=true"])
+  assert c.train.progress is False and c.data.path == "true"   # a string key keeps the text

@@ -218,7 +218,16 @@ def restore_checkpoint(path: str, like_state) -> tuple[Any, dict]:
   check_format(path)
   ocp = _ocp()
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like_state)
-  state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"), abstract)
+  try:
+    state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"), abstract)
+  except (ValueError, KeyError, TypeError) as e:
+    # orbax's message for a tree of another structure is many lines of tree diff
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    raise ValueError(
+        f"{path}: the saved state does not fit this run's state ({first}); it was written by "
+        "another model, optimizer or feature set (a format-3 checkpoint of a run with "
+        "train.async_sim or serving holds their wrappers): resume with that config, start in "
+        "a new workdir, or take its weights with train.warm_start.path") from None
   with open(os.path.join(path, "meta.json")) as f:
     meta = json.load(f)
   meta.pop(MANIFEST, None)  # the caller gets back the meta it saved
