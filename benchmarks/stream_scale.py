@@ -14,10 +14,11 @@ for every ``--chunk`` rows:
   the chunk (``/proc/self/statm``, sampled every 50 ms by a thread), and the
   process's high-water mark (``VmHWM``).
 
-It prints one table and the verdict numbers: rows/s of the last chunk over the
-second (the first holds the compilation), the spread of the chunk rates after
-the first, and RSS growth from the end of the second chunk to the end of the
-last (MB, and MB per million rows). ``--json`` keeps everything.
+It prints one table and the verdict numbers over the middle chunks (the
+first holds the compilation; the last the short tail batch, its own program,
+and the final flush; both are reported apart): the spread of their rows/s,
+the rate of the last middle chunk over the second's, and the RSS growth
+between them (MB, and MB per million rows). ``--json`` keeps everything.
 
   python benchmarks/stream_scale.py --rows 20000000 --data /tmp/scale_20m.tsv --json /tmp/scale.json
   python benchmarks/stream_scale.py --smoke          # 200k rows in chunks of 50k (tests)
@@ -145,6 +146,7 @@ def run(args) -> dict:
   data = write_data(args.data, args.rows, args.seed, args.writers)
   config = configs.apply_overrides(configs.default_config(), [
       f"model.name={args.model}", "data.source=criteo", f"data.path={args.data}",
+      f"data.max_rows={args.rows}",
       f"metrics.window_rows={args.chunk}", "train.progress=False", *args.set])
   sampler = RssSampler()
   sampler.start()
@@ -173,8 +175,6 @@ def run(args) -> dict:
   for c in chunks:
     c["rows_per_sec"] = (c["end_row"] - prev_row) / max(c["t"] - prev_t, 1e-9)
     prev_t, prev_row = c["t"], c["end_row"]
-  rates = [c["rows_per_sec"] for c in chunks[1:] if c["end_row"] - chunks[0]["end_row"] > 0]
-  full = [c for c in chunks if c["end_row"] % args.chunk == 0]
   result = {
       "model": args.model, "rows": summary["rows"], "chunk": args.chunk, "data": data,
       "wall_sec": wall, "rss_before_mb": rss_start, "hwm_mb": hwm_mb(),
@@ -183,14 +183,30 @@ def run(args) -> dict:
       "chunks": chunks, "python": platform.python_version(),
       "commit": _commit(), "load_avg": os.getloadavg(),
   }
-  if len(full) >= 3:
-    second, last = full[1], full[-1]
-    result["last_over_second_rows_per_sec"] = last["rows_per_sec"] / second["rows_per_sec"]
-    result["rows_per_sec_after_first"] = {"min": min(rates), "max": max(rates),
-                                          "mean": sum(rates) / len(rates)}
-    result["rss_growth_mb"] = last["rss_mb"] - second["rss_mb"]
-    result["rss_growth_mb_per_million"] = (result["rss_growth_mb"]
-                                           / ((last["end_row"] - second["end_row"]) / 1e6))
+  result.update(verdict(chunks))
+  return result
+
+
+def verdict(chunks: list) -> dict:
+  """The steadiness numbers over the *middle* chunks: the first holds the compilation,
+  the last the run's tail (a short last batch is its own program: a compile or a
+  cache load) and the final flush, so both are reported apart."""
+  if len(chunks) < 4:
+    return {}
+  middle = chunks[1:-1]
+  rates = [c["rows_per_sec"] for c in middle]
+  second, before_last, last = middle[0], middle[-1], chunks[-1]
+  rows_m = (before_last["end_row"] - second["end_row"]) / 1e6
+  return {
+      "middle_chunks": len(middle),
+      "rows_per_sec_middle": {"min": min(rates), "max": max(rates),
+                              "mean": sum(rates) / len(rates)},
+      "before_last_over_second_rows_per_sec": before_last["rows_per_sec"] / second["rows_per_sec"],
+      "rss_growth_mb": before_last["rss_mb"] - second["rss_mb"],
+      "rss_growth_mb_per_million": (before_last["rss_mb"] - second["rss_mb"]) / max(rows_m, 1e-9),
+      "first_rows_per_sec": chunks[0]["rows_per_sec"], "last_rows_per_sec": last["rows_per_sec"],
+      "last_rss_mb": last["rss_mb"],
+  }
   return result
 
 
@@ -214,14 +230,17 @@ def format_result(r: dict) -> str:
                  f"{c['rss_mb']:,.0f} | {c['peak_rss_mb']:,.0f} | {ne} |")
   lines.append("")
   if "rss_growth_mb" in r:
-    s = r["rows_per_sec_after_first"]
-    lines.append(f"rows/s after the first chunk: min {s['min']:,.0f}, mean {s['mean']:,.0f}, "
-                 f"max {s['max']:,.0f}; last / second chunk {r['last_over_second_rows_per_sec']:.2f}")
-    lines.append(f"RSS: {r['rss_before_mb']:,.0f} MB before the run, growth from the end of the "
-                 f"second chunk to the end of the last {r['rss_growth_mb']:+,.0f} MB "
-                 f"({r['rss_growth_mb_per_million']:+.1f} MB per million rows); "
-                 f"process high-water mark {r['hwm_mb']:,.0f} MB")
-  lines.append(f"held-out-free progressive AUC {r['auc']:.4f}, log loss {r['logloss']:.4f}, "
+    s, n = r["rows_per_sec_middle"], r["middle_chunks"]
+    lines.append(f"rows/s over the {n} middle chunks: min {s['min']:,.0f}, mean {s['mean']:,.0f}, "
+                 f"max {s['max']:,.0f}; chunk {n + 1} / chunk 2: "
+                 f"{r['before_last_over_second_rows_per_sec']:.2f}; first chunk (compiles) "
+                 f"{r['first_rows_per_sec']:,.0f}, last (tail batch, flush) "
+                 f"{r['last_rows_per_sec']:,.0f}")
+    lines.append(f"RSS: {r['rss_before_mb']:,.0f} MB before the run; from the end of chunk 2 to "
+                 f"the end of chunk {n + 1} {r['rss_growth_mb']:+,.0f} MB "
+                 f"({r['rss_growth_mb_per_million']:+.1f} MB per million rows); at the end "
+                 f"{r['last_rss_mb']:,.0f} MB; process high-water mark {r['hwm_mb']:,.0f} MB")
+  lines.append(f"progressive AUC {r['auc']:.4f}, log loss {r['logloss']:.4f}, "
                f"skipped rows {r['skipped_rows']}; commit {r['commit']}, load avg "
                + " / ".join(f"{x:.1f}" for x in r["load_avg"]))
   return "\n".join(lines)

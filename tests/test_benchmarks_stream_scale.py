@@ -25,11 +25,12 @@ def test_parallel_writers_write_the_one_piece_file(tmp_path):
 
 def test_run_reports_every_chunk(tmp_path):
   out = tmp_path / "s.json"
-  assert stream_scale.main(["--rows", "24576", "--chunk", "8192", "--data",
+  assert stream_scale.main(["--rows", "32768", "--chunk", "8192", "--data",
                             str(tmp_path / "d.tsv"), "--json", str(out)]) == 0
   res = json.loads(out.read_text())
-  assert res["rows"] == 24_576 and res["skipped_rows"] == 0
-  assert [c["end_row"] for c in res["chunks"]] == [8192, 16384, 24576]
+  assert res["rows"] == 32_768 and res["skipped_rows"] == 0
+  assert [c["end_row"] for c in res["chunks"]] == [8192, 16384, 24576, 32768]
   assert all(c["rows_per_sec"] > 0 and c["rss_mb"] > 0 and c["peak_rss_mb"] >= 0.9 * c["rss_mb"]
              for c in res["chunks"])
-  assert res["last_over_second_rows_per_sec"] > 0 and "rss_growth_mb_per_million" in res
+  assert res["middle_chunks"] == 2 and res["before_last_over_second_rows_per_sec"] > 0
+  assert "rss_growth_mb_per_million" in res and res["last_rss_mb"] > 0
