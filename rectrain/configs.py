@@ -158,6 +158,11 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.steps_per_dispatch = 8   # batches per jitted lax.scan
+  # The padded length U of a batch's unique ids (the rows the step gathers and
+  # scatters) is the smallest of B F j / L, j = 1..L, that holds every group of
+  # batches so far (it only grows: one compiled program per size reached);
+  # 1 = always B F. Results do not depend on it (padding ids touch no row).
+  c.train.unique_ladder = 8
   c.train.nonfinite = "skip"       # skip (counted) | raise
   # The stream's first batch is learned in sub-batches of 64, 64, 128, ...,
   # B/2 rows (padded to B), so only its first 64 rows are scored by the
@@ -411,6 +416,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "data.batch_size": config.data.batch_size,
       "train.steps_per_dispatch": config.train.steps_per_dispatch,
       "data.prefetch": config.data.prefetch,
+      "train.unique_ladder": config.train.get("unique_ladder", 1),
   }
   for key, value in positive.items():
     if not isinstance(value, int) or value < 1:

@@ -48,6 +48,7 @@ from rectrain.train.loop_features import (_IdMapWindows, _idmap_checkpoint, _idm
                                           _sync_schedules)  # noqa: F401
 from rectrain.train.loop_io import (_Progress, _count_lines, _files_before, _jsonable, _meta_of,
                                     _restore, _resume_by_file, _save_checkpoint, _stack,
+                                    UniqueLadder,
                                     _table_bytes, _truncate_jsonl, warm_started,
                                     _write_line)  # noqa: F401
 from rectrain.train.loop_mesh import (_batch_placer, _preds_to_host, _replicated_to_host,
@@ -66,10 +67,12 @@ class NonFiniteLossError(FloatingPointError):
   """Raised when ``train.nonfinite == 'raise'`` and a batch's loss is not finite."""
 
 
-def _grouped(batches: Iterator[dict], k: int, done: int = 0) -> Iterator[tuple[int, dict]]:
-  """Stacks up to ``k`` consecutive batches; yields (count, stacked); an input
-  fault ends it with a group marked ``faults.FAULT`` (rectrain/train/faults.py)."""
-  return faults.grouped(batches, k, _stack, done)
+def _grouped(batches: Iterator[dict], k: int, done: int = 0,
+             stack=_stack) -> Iterator[tuple[int, dict]]:
+  """Stacks up to ``k`` consecutive batches (with ``stack``, e.g. a
+  :class:`UniqueLadder`); yields (count, stacked); an input fault ends it with a
+  group marked ``faults.FAULT`` (rectrain/train/faults.py)."""
+  return faults.grouped(batches, k, stack, done)
 
 
 def _skip(batches: Iterator[dict], n: int) -> Iterator[dict]:
@@ -229,7 +232,11 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     raise ValueError(f"config: {[n for n, _ in staged]} each give the batches their table rows; "
                      "turn all but one off")
   # padding id: table_rows (= num_rows on one device)
-  groups = _grouped(staged[0][1] if staged else with_unique(source, table_rows), k, batches_done)
+  # The async simulation keeps per-row history of a fixed width U: no ladder there.
+  ladder = UniqueLadder(1 if config.train.async_sim.enabled
+                        else config.train.get("unique_ladder", 1))
+  groups = _grouped(staged[0][1] if staged else with_unique(source, table_rows), k, batches_done,
+                    ladder)
   for h in hooks:
     groups = h.groups(groups, batches_done, config.train.checkpoint_every if workdir else 0)
   groups = prefetch(groups, config.data.prefetch)
@@ -406,6 +413,7 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       "variation": window.variation(),
       "resumed_from": resumed_from,
       "table_bytes": _table_bytes(state.train),
+      "unique_sizes": ladder.sizes,   # the padded lengths U the step ran with, in order
   }
   if mesh is not None:
     summary["table_bytes"], summary["table_bytes_per_device"] = _sharded_table_bytes(

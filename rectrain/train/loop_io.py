@@ -26,6 +26,39 @@ def _stack(batches: list[dict]) -> dict:
   return {k: np.stack([b[k] for b in batches]) for k in keys}
 
 
+class UniqueLadder:
+  """Stacks groups of batches (as :func:`_stack`), their ``unique`` cut to a size U
+  from a ladder of ``steps`` sizes.
+
+  A batch's ``unique`` comes padded to ``B F`` (every id distinct), but a batch of
+  real data holds far fewer distinct ids (a quarter, on Criteo-like data), and the
+  step gathers, differentiates and scatters all U rows of every table. Each group
+  is cut to the smallest of ``ceil(B F / steps) j`` (j = 1..steps) that holds its
+  batches' ``num_unique``, and never to less than an earlier group (U only grows,
+  so a run compiles one program per size it reaches, usually one or two). The
+  cut drops padding ids only: the results are those of the uncut batches.
+  ``steps <= 1``, or batches without ``num_unique``, stack as they are.
+  """
+
+  def __init__(self, steps: int):
+    self.steps = int(steps)
+    self.size = 0
+    self.sizes = []   # every U used, in order of first use (for the summary)
+
+  def __call__(self, batches: list[dict]) -> dict:
+    if self.steps > 1 and all("num_unique" in b and "unique" in b for b in batches):
+      full = batches[0]["unique"].shape[0]
+      granule = -(-full // self.steps)
+      need = max(max(int(b["num_unique"]) for b in batches), 1)
+      size = min(full, max(self.size, -(-need // granule) * granule))
+      if size != self.size:
+        self.size = size
+        self.sizes.append(size)
+      if size < full:
+        batches = [dict(b, unique=b["unique"][:size]) for b in batches]
+    return _stack(batches)
+
+
 def _restore(path: str, state, num_rows: int, table_rows: int, mesh, saved_meta: dict):
   """Restores checkpoint ``path`` onto the run state ``state``'s shardings; returns (state, meta).
 

@@ -26,7 +26,7 @@ from rectrain.train.loop_mesh import (_batch_placer, _preds_to_host, _replicated
                                       _run_mesh)
 from rectrain.train.step import LOCAL, make_multi_step, make_train_step
 from rectrain.train.build import create_model_and_state
-from rectrain.train.loop_io import _Progress, _jsonable, _stack, warm_started
+from rectrain.train.loop_io import UniqueLadder, _Progress, _jsonable, _stack, warm_started
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
     return evaluate(predict, state.dense_params, state.tables, eval_data, table_rows, place,
                     lambda p: preds_to_host(p[None])[0])
 
+  ladder = UniqueLadder(config.train.get("unique_ladder", 1))  # U grows over all epochs
   batches_per_epoch = -(-config.data.max_rows // config.data.batch_size)
   k = config.train.steps_per_dispatch
   marks = sorted({round(batches_per_epoch * (i + 1) / off.evals_per_epoch)
@@ -199,7 +200,7 @@ def train_offline(config: ml_collections.ConfigDict, workdir: str | None = None)
       prev = snapshot(state)
       done = 0
       source = with_unique(_take_batches(iter(train_data), batches_per_epoch), table_rows)
-      for n, group in prefetch(_grouped_until(source, k, marks), config.data.prefetch):
+      for n, group in prefetch(_grouped_until(source, k, marks, ladder), config.data.prefetch):
         device_batch = {key: group[key] for key in keys}
         state, out = multi(state, device_batch if place is None else place(device_batch))
         done += n
@@ -252,7 +253,7 @@ def _take_batches(batches, n):
     yield b
 
 
-def _grouped_until(batches, k, marks):
+def _grouped_until(batches, k, marks, stack=_stack):
   """Groups of up to ``k`` batches that never straddle an evaluation mark."""
   buf, done = [], 0
   marks = set(marks)
@@ -260,7 +261,7 @@ def _grouped_until(batches, k, marks):
     buf.append(b)
     done += 1
     if len(buf) == k or done in marks:
-      yield len(buf), _stack(buf)
+      yield len(buf), stack(buf)
       buf = []
   if buf:
-    yield len(buf), _stack(buf)
+    yield len(buf), stack(buf)
