@@ -35,6 +35,7 @@ from rectrain import configs
 from rectrain.data.batch import DEVICE_KEYS, add_unique
 from rectrain.data.synthetic import SyntheticStream, write_tsv
 from rectrain.train.loop import create_model_and_state, train_stream
+from rectrain.train.loop_io import UniqueLadder
 from rectrain.train.step import make_multi_step, make_train_step
 
 B = 4096
@@ -61,7 +62,7 @@ def make_batches(num_batches: int, cat_buckets: int, seed=0,
   out = []
   for b in stream:
     add_unique(b, stream.num_rows)
-    out.append({k: b[k] for k in DEVICE_KEYS})
+    out.append({k: b[k] for k in DEVICE_KEYS + ("num_unique",)})
   return out, stream
 
 
@@ -83,9 +84,11 @@ def time_training(name: str, batches: list[dict], stream, reps: int, config=None
       config, stream.num_rows, stream.layout.num_fields, stream.num_dense)
   step = make_train_step(model, dense_opt, sparse_opts)
   multi = make_multi_step(step)
-  groups = [{k: jnp.asarray(np.stack([b[k] for b in batches[i:i + K]])) for k in DEVICE_KEYS}
-            for i in range(0, len(batches) - K + 1, K)]
-  single = {k: jnp.asarray(v) for k, v in batches[0].items()}
+  # stacked as the loop stacks them: unique cut to train.unique_ladder's size
+  ladder = UniqueLadder(config.train.get("unique_ladder", 1))
+  stacked = [ladder(batches[i:i + K]) for i in range(0, len(batches) - K + 1, K)]
+  groups = [{k: jnp.asarray(g[k]) for k in DEVICE_KEYS} for g in stacked]
+  single = {k: v[0] for k, v in groups[0].items()}
   cost = jax.jit(step).lower(state, single).compile().cost_analysis()
   if isinstance(cost, list):
     cost = cost[0]
@@ -102,7 +105,8 @@ def time_training(name: str, batches: list[dict], stream, reps: int, config=None
   dt = min(times)
   rows = len(groups) * K * batch
   return {"model": name, "rows_per_sec": rows / dt, "step_ms": dt / (len(groups) * K) * 1e3,
-          "flops_per_row": flops / batch, "params": params["total"]}
+          "flops_per_row": flops / batch, "params": params["total"],
+          "unique_sizes": ladder.sizes}
 
 
 def end_to_end(name: str, path: str, rows: int) -> dict:

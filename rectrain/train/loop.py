@@ -413,7 +413,6 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
       "variation": window.variation(),
       "resumed_from": resumed_from,
       "table_bytes": _table_bytes(state.train),
-      "unique_sizes": ladder.sizes,   # the padded lengths U the step ran with, in order
   }
   if mesh is not None:
     summary["table_bytes"], summary["table_bytes_per_device"] = _sharded_table_bytes(
@@ -427,6 +426,9 @@ def train_stream(config: ml_collections.ConfigDict, workdir: str | None = None,
     with faults.writing(workdir, "summary.json"), open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(_jsonable(summary), f, indent=2)
   summary["_state"] = state.train
+  # the padded lengths U the step ran with (not in summary.json: a resumed run starts
+  # its ladder afresh, its results are the same)
+  summary["_unique_sizes"] = ladder.sizes
   for h in hooks:
     summary.update(h.results())
   if keep_predictions:
