@@ -144,7 +144,8 @@ def _leaves(state):
 
 
 def _same_run(a, b, wa, wb):
-  skip = {"rows_per_sec", "wall_time_sec", "resumed_from", "_state", "_idmap", "params"}
+  skip = {"rows_per_sec", "wall_time_sec", "resumed_from", "_state", "_unique_sizes", "_idmap",
+          "params"}
   assert {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
   assert (wa / "metrics.jsonl").read_text() == (wb / "metrics.jsonl").read_text()
   for x, y in zip(_leaves(a["_state"]), _leaves(b["_state"])):
@@ -322,7 +323,7 @@ def test_resume_skips_the_files_finished_before_the_fault(tsv, tmp_path):
     open(p, "wb").write(b"\x1f\x8b garbage")
   open(live_paths[2], "wb").write(full_gz)  # the damaged file is replaced
   resumed = train_stream(_config(",".join(live_paths), *extra), workdir=str(work))
-  skip = {"rows_per_sec", "wall_time_sec", "resumed_from", "_state", "params"}
+  skip = {"rows_per_sec", "wall_time_sec", "resumed_from", "_state", "_unique_sizes", "params"}
   assert {k: v for k, v in resumed.items() if k not in skip} == \
       {k: v for k, v in ref.items() if k not in skip}
   assert (work / "metrics.jsonl").read_text() == (tmp_path / "ref" / "metrics.jsonl").read_text()
