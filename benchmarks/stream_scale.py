@@ -1,8 +1,8 @@
 """A long stream on one machine: rows/s and memory from the first to the last million.
 
 Writes (or reuses) a Criteo-format TSV of ``--rows`` synthetic rows on disk
-(``rectrain synth``, in ``--writers`` processes writing consecutive row ranges
-of one world, concatenated), then trains the default config of ``--model`` on
+(``write_tsv``, as ``rectrain synth``, in ``--writers`` processes writing
+consecutive row ranges of one world, concatenated), then trains the default config of ``--model`` on
 it in this process exactly as ``rectrain run`` does (``train_stream`` with a
 run directory: metrics.jsonl, summary.json, the final checkpoint) and records,
 for every ``--chunk`` rows:
@@ -97,8 +97,12 @@ def write_data(path: str, rows: int, seed: int, writers: int) -> dict:
   t = time.perf_counter()
   bounds = [rows * i // writers for i in range(writers + 1)]
   parts = [f"{path}.part{i}" for i in range(writers)]
-  procs = [subprocess.Popen([sys.executable, "-c", _RANGE_CODE, part, str(rows), str(seed),
-                             str(lo), str(hi)], cwd=REPO)
+  # the stream does not depend on start_row (rectrain/data/synthetic.py): writer i
+  # writes rows [lo, hi) of the one world
+  code = ("import sys; from rectrain.data.synthetic_tsv import write_tsv; a = sys.argv; "
+          "write_tsv(a[1], int(a[4]) - int(a[3]), seed=int(a[2]), start_row=int(a[3]))")
+  procs = [subprocess.Popen([sys.executable, "-c", code, part, str(seed), str(lo), str(hi)],
+                            cwd=REPO)
            for part, lo, hi in zip(parts, bounds[:-1], bounds[1:])]
   codes = [p.wait() for p in procs]
   if any(codes):
@@ -113,28 +117,6 @@ def write_data(path: str, rows: int, seed: int, writers: int) -> dict:
   with open(meta_path, "w") as f:
     json.dump(meta, f, indent=2)
   return dict(meta, reused=False)
-
-
-# Writes rows [lo, hi) of the `total`-row synthetic stream of `seed` as Criteo TSV.
-_RANGE_CODE = """
-import sys
-from rectrain.data.synthetic import SyntheticStream
-from rectrain.data.synthetic_tsv import format_tsv
-path, total, seed, lo, hi = sys.argv[1], *map(int, sys.argv[2:])
-stream = SyntheticStream(None, num_rows_total=total, seed=seed, start_row=lo)
-done = 0
-with open(path, "wb") as fh:
-  for rows in stream.raw_blocks(want_values=True, want_cat=False):
-    n = rows["label"].shape[0]
-    if done + n > hi - lo:
-      rows = {k: v[:hi - lo - done] for k, v in rows.items()}
-      n = hi - lo - done
-    fh.write(format_tsv(rows))
-    done += n
-    if done >= hi - lo:
-      break
-assert done == hi - lo, (done, hi - lo)
-"""
 
 
 def run(args) -> dict:
@@ -207,7 +189,6 @@ def verdict(chunks: list) -> dict:
       "first_rows_per_sec": chunks[0]["rows_per_sec"], "last_rows_per_sec": last["rows_per_sec"],
       "last_rss_mb": last["rss_mb"],
   }
-  return result
 
 
 def _commit() -> str | None:

@@ -161,7 +161,9 @@ def default_config() -> ml_collections.ConfigDict:
   # The padded length U of a batch's unique ids (the rows the step gathers and
   # scatters) is the smallest of B F j / L, j = 1..L, that holds every group of
   # batches so far (it only grows: one compiled program per size reached);
-  # 1 = always B F. Results do not depend on it (padding ids touch no row).
+  # 1 = always B F. Results do not depend on it (padding ids touch no row). The
+  # stream and offline protocols use it; with train.async_sim (whose row history
+  # has a fixed width) and in the delayed-feedback runner U is always B F.
   c.train.unique_ladder = 8
   c.train.nonfinite = "skip"       # skip (counted) | raise
   # The stream's first batch is learned in sub-batches of 64, 64, 128, ...,
